@@ -1,0 +1,89 @@
+//! Launcher scripts: the command of a workspace or session runs from a script the
+//! runtime writes (mode 0700), so no user text is ever part of a tmux argument or an
+//! interpreted shell line. Every value is single-quoted for `/bin/sh`, which makes
+//! every byte but NUL literal (NUL is refused before it gets here).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// `'...'` with each `'` written as `'\''`: literal for any text without NUL.
+pub(crate) fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The script's text: cd to `dir`, export `env`, run `argv` (or an interactive shell),
+/// then record its exit status in `exit_file` and exit with it. The status is written
+/// by the script because a tmux server does not always reap its panes in time to know
+/// it (seen with tmux 3.3a: dead panes left as zombies without `pane_dead_status`).
+pub(crate) fn script(
+    dir: Option<&str>,
+    env: &BTreeMap<String, String>,
+    argv: &[String],
+    exit_file: &str,
+) -> String {
+    let mut s =
+        String::from("#!/bin/sh\n# Written by berth: runs one workspace command. Do not edit.\n");
+    if let Some(dir) = dir {
+        let _ = writeln!(s, "cd {} || exit 126", quote(dir));
+    }
+    for (k, v) in env {
+        // Names are checked to be [A-Za-z_][A-Za-z0-9_]* before they get here.
+        let _ = writeln!(s, "export {k}={}", quote(v));
+    }
+    if argv.is_empty() {
+        s.push_str("\"${SHELL:-/bin/sh}\"");
+    } else {
+        let words: Vec<String> = argv.iter().map(|a| quote(a)).collect();
+        s.push_str(&words.join(" "));
+    }
+    let _ = write!(
+        s,
+        "\ncode=$?\nprintf '%s\\n' \"$code\" > {tmp} && mv -f {tmp} {file}\nexit \"$code\"\n",
+        tmp = quote(&format!("{exit_file}.tmp")),
+        file = quote(exit_file)
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_every_character_literal() {
+        assert_eq!(quote("plain"), "'plain'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        assert_eq!(
+            quote("$(rm -rf /); `x` \\; \"q\""),
+            "'$(rm -rf /); `x` \\; \"q\"'"
+        );
+    }
+
+    #[test]
+    fn the_script_execs_the_argv() {
+        let env = BTreeMap::from([("A".to_owned(), "x y".to_owned())]);
+        let text = script(
+            Some("/w"),
+            &env,
+            &["echo".into(), "a'b".into()],
+            "/d/x.exit",
+        );
+        assert!(text.contains("cd '/w' || exit 126\n"));
+        assert!(text.contains("export A='x y'\n"));
+        assert!(text.contains("\n'echo' 'a'\\''b'\ncode=$?\n"), "{text}");
+        assert!(
+            text.ends_with("mv -f '/d/x.exit.tmp' '/d/x.exit'\nexit \"$code\"\n"),
+            "{text}"
+        );
+    }
+}

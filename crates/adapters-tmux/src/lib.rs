@@ -1,0 +1,808 @@
+//! `TmuxRuntime`: berth's [`ProcessRuntime`] for local workspaces, on a tmux server the
+//! engine owns (`tmux -S <data dir>/tmux.sock -f /dev/null`). The server is started on
+//! demand and outlives the daemon, so workspaces keep running across a restart.
+//!
+//! - Session names derive from ids only (`bw-<id>` for a workspace's main process,
+//!   `bs-<id>-<session>` for its sessions) and are always targeted exactly (`=name`).
+//! - Ownership markers are user options set when a session is created
+//!   (`@berth`: `v1 <engine> <workspace> <incarnation> <kind> <session|-> <generation>
+//!   <created>`, one option so marking is one command); if marking fails the
+//!   session is killed and the launch fails. Sessions without our engine id are never
+//!   touched.
+//! - Commands run from a launcher script (mode 0700) with every value single-quoted;
+//!   `remain-on-exit` keeps a finished pane so its exit code can be read.
+//! - Stop sends SIGTERM to the pane's process group and every descendant, waits the
+//!   grace period, sends SIGKILL, then kills the session.
+
+mod client;
+mod dirs;
+mod launcher;
+mod procs;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_core::ids::{EngineId, Generation, Incarnation, RuntimeKind, SessionName, WorkspaceId};
+use berth_core::ports::{
+    CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime,
+    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef,
+    WorkspaceRef,
+};
+use nix::sys::signal::Signal;
+
+use client::Tmux;
+use dirs::WorkDir;
+
+/// Settings of a [`TmuxRuntime`].
+#[derive(Debug, Clone)]
+pub struct TmuxConfig {
+    /// berth's data directory: the socket, launcher scripts, worktrees and scratch
+    /// directories live here.
+    pub data_dir: PathBuf,
+    /// Bound on one tmux command.
+    pub command_timeout: Duration,
+    /// Bound on one git command (worktree add, status).
+    pub git_timeout: Duration,
+    /// Drive tmux through one persistent control-mode client (`tmux -C`) instead of a
+    /// process per command, falling back to the CLI when it fails. Default: on.
+    pub control_mode: bool,
+}
+
+impl TmuxConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            command_timeout: Duration::from_secs(5),
+            git_timeout: Duration::from_secs(120),
+            control_mode: true,
+        }
+    }
+}
+
+/// The tmux runtime.
+#[derive(Debug, Clone)]
+pub struct TmuxRuntime {
+    tmux: Tmux,
+    config: TmuxConfig,
+}
+
+const FORMAT: &str = "#{session_name}\t#{@berth}\t#{pane_dead}\t#{pane_dead_status}\t#{pane_pid}\t#{pane_dead_signal}";
+
+/// The marker format's version tag.
+const MARK_VERSION: &str = "v1";
+
+/// One pane as listed, with its markers.
+#[derive(Debug, Clone)]
+struct Pane {
+    session: String,
+    engine: String,
+    workspace: String,
+    incarnation: u64,
+    kind: String,
+    session_name: String,
+    generation: u64,
+    created: i64,
+    dead: bool,
+    status: Option<i64>,
+    signal: Option<i64>,
+    pid: i32,
+}
+
+impl Pane {
+    fn parse(line: &str) -> Result<Self, String> {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 6 {
+            return Err(format!("unexpected tmux listing line {line:?}"));
+        }
+        // Sessions without a well-formed marker (foreign ones) parse with empty fields
+        // and are never treated as ours.
+        let m: Vec<&str> = f[1].split(' ').collect();
+        let mark = |i: usize| {
+            if m.len() == 8 && m[0] == MARK_VERSION {
+                m[i]
+            } else {
+                ""
+            }
+        };
+        Ok(Pane {
+            session: f[0].to_owned(),
+            engine: mark(1).to_owned(),
+            workspace: mark(2).to_owned(),
+            incarnation: mark(3).parse().unwrap_or(0),
+            kind: mark(4).to_owned(),
+            session_name: if mark(5) == "-" {
+                String::new()
+            } else {
+                mark(5).to_owned()
+            },
+            generation: mark(6).parse().unwrap_or(0),
+            created: mark(7).parse().unwrap_or(0),
+            dead: f[2] == "1",
+            status: f[3].parse().ok(),
+            pid: f[4].parse().unwrap_or(0),
+            signal: f[5].parse().ok(),
+        })
+    }
+
+    /// tmux marks a pane dead when its pty closes, before (and, seen with 3.3a,
+    /// sometimes without ever) reaping the process; the launcher's exit file fills the
+    /// gap (see `settle`). A dead pane with no status yet still counts as running. A
+    /// death by signal reads as 128 + the signal, as shells report it.
+    fn status(&self) -> ProcessStatus {
+        match (self.dead, self.status, self.signal) {
+            (false, _, _) | (true, None, None) => ProcessStatus::Running,
+            (true, Some(code), _) => ProcessStatus::Exited(Some(code)),
+            (true, None, Some(signal)) => ProcessStatus::Exited(Some(128 + signal)),
+        }
+    }
+
+    fn owned(&self) -> Option<OwnedResource> {
+        let workspace_id = WorkspaceId::parse(&self.workspace).ok()?;
+        let kind = match self.kind.as_str() {
+            "main" => ResourceKind::Main,
+            "session" => ResourceKind::Session {
+                name: SessionName::parse(&self.session_name).ok()?,
+                generation: Generation(self.generation),
+            },
+            _ => return None,
+        };
+        Some(OwnedResource {
+            workspace_id,
+            incarnation: Incarnation(self.incarnation),
+            kind,
+            created_at: chrono::DateTime::from_timestamp(self.created, 0).unwrap_or_default(),
+            status: self.status(),
+        })
+    }
+}
+
+fn main_name(ws: &WorkspaceId) -> String {
+    format!("bw-{}", ws.as_str().trim_start_matches("ws-"))
+}
+
+fn session_name(ws: &WorkspaceId, name: &SessionName) -> String {
+    format!("bs-{}-{name}", ws.as_str().trim_start_matches("ws-"))
+}
+
+/// An exact target for pane, window and option commands: `=name:`. The bare `=name`
+/// form is not enough there: `list-panes -s -t =foo` with no session `foo` falls back to
+/// another session (seen with tmux 3.3a), so lookups also check the returned name.
+fn exact(name: &str) -> String {
+    format!("={name}:")
+}
+
+/// An exact target for `kill-session` (a session target, where `=name` is exact).
+fn exact_session(name: &str) -> String {
+    format!("={name}")
+}
+
+/// Whether `file` is one of `name`'s launcher files: `<name>-<n>.sh`, `<name>-<n>.exit`,
+/// `<name>-<n>.exit.tmp` or `.<name>-<n>.tmp`, exactly (session `foo` must not match
+/// the files of session `foo-bar`).
+fn launcher_of(file: &str, name: &str) -> bool {
+    let file = file.strip_prefix('.').unwrap_or(file);
+    let Some(rest) = file.strip_prefix(name).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && matches!(&rest[digits..], ".sh" | ".exit" | ".exit.tmp" | ".tmp")
+}
+
+/// Markers of a new tmux session.
+struct Markers<'a> {
+    engine: &'a EngineId,
+    workspace: &'a WorkspaceId,
+    incarnation: Incarnation,
+    kind: &'a str,
+    session: &'a str,
+    generation: u64,
+}
+
+impl TmuxRuntime {
+    /// A runtime on `<data dir>/tmux.sock`.
+    pub fn new(config: TmuxConfig) -> Self {
+        let tmux = Tmux::new(
+            config.data_dir.join("tmux.sock"),
+            config.command_timeout,
+            config.control_mode,
+        );
+        Self { tmux, config }
+    }
+
+    /// The server's socket.
+    pub fn socket(&self) -> &Path {
+        &self.tmux.socket
+    }
+
+    /// `tmux -V`, for `berth doctor` and start-up logs.
+    ///
+    /// # Errors
+    /// `Unavailable` when tmux cannot be run.
+    pub async fn version() -> Result<String, RuntimeError> {
+        let out = tokio::process::Command::new("tmux")
+            .arg("-V")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| RuntimeError::Unavailable {
+                message: format!("cannot run tmux: {e}"),
+            })?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn workdir(&self, ws: &WorkspaceId, spec: &berth_core::model::WorkspaceSpec) -> WorkDir {
+        WorkDir::of(&self.config.data_dir, ws.as_str(), spec)
+    }
+
+    /// The panes of one tmux session, or `None` when it does not exist.
+    async fn pane(&self, name: &str) -> Result<Option<Pane>, RuntimeError> {
+        let out = self
+            .tmux
+            .run(
+                &["list-panes", "-s", "-t", &exact(name), "-F", FORMAT],
+                None,
+            )
+            .await?;
+        if !out.ok {
+            if out.is_gone() {
+                return Ok(None);
+            }
+            return Err(RuntimeError::Other {
+                resource: name.to_owned(),
+                message: format!("tmux list-panes failed: {}", out.stderr.trim()),
+            });
+        }
+        let line = out.stdout.lines().next().unwrap_or("");
+        let pane = Pane::parse(line).map_err(|m| RuntimeError::Other {
+            resource: name.to_owned(),
+            message: m,
+        })?;
+        // Never act on a session tmux substituted for the one asked for.
+        if pane.session != name {
+            return Ok(None);
+        }
+        let mut pane = pane;
+        self.settle(&mut pane).await;
+        Ok(Some(pane))
+    }
+
+    async fn write_launcher(
+        &self,
+        name: &str,
+        incarnation: u64,
+        dir: Option<&str>,
+        env: &std::collections::BTreeMap<String, String>,
+        argv: &[String],
+    ) -> Result<PathBuf, RuntimeError> {
+        let dir_path = self.config.data_dir.join("launch");
+        let path = dir_path.join(format!("{name}-{incarnation}.sh"));
+        let exit_file = dir_path.join(format!("{name}-{incarnation}.exit"));
+        let text = launcher::script(dir, env, argv, &exit_file.to_string_lossy());
+        let tmp = dir_path.join(format!(".{name}-{incarnation}.tmp"));
+        let target = path.clone();
+        // One blocking task for the handful of file operations.
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::create_dir_all(&dir_path)?;
+            std::fs::set_permissions(&dir_path, std::fs::Permissions::from_mode(0o700))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o700)
+                .open(&tmp)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            std::fs::rename(&tmp, &target)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(path),
+            Ok(Err(e)) => Err(RuntimeError::Other {
+                resource: path.display().to_string(),
+                message: format!("cannot write the launcher: {e}"),
+            }),
+            Err(e) => Err(RuntimeError::Other {
+                resource: path.display().to_string(),
+                message: format!("writing the launcher failed: {e}"),
+            }),
+        }
+    }
+
+    /// Creates a marked session running `script`; kills it again if marking fails.
+    async fn create(
+        &self,
+        name: &str,
+        dir: Option<&str>,
+        script: &Path,
+        m: &Markers<'_>,
+    ) -> Result<(), RuntimeError> {
+        let target = exact(name);
+        let incarnation = m.incarnation.to_string();
+        let generation = m.generation.to_string();
+        let created = chrono::Utc::now().timestamp().to_string();
+        let script = script.to_string_lossy();
+        // Never the user's `dir`: tmux expands `-c` as a format (`#(...)` would run a
+        // command). The launcher does `cd` to it, quoted.
+        let _ = dir;
+        let cwd = self.config.data_dir.to_string_lossy().into_owned();
+        let session = if m.session.is_empty() { "-" } else { m.session };
+        let mark = [
+            MARK_VERSION,
+            m.engine.as_str(),
+            m.workspace.as_str(),
+            &incarnation,
+            m.kind,
+            session,
+            &generation,
+            &created,
+        ]
+        .join(" ");
+        // One invocation: keep finished panes (exit codes) before anything can exit,
+        // create the session, mark it. tmux stops at the first failing command.
+        let mut args: Vec<&str> = vec![
+            "start-server",
+            ";",
+            "set-option",
+            "-gw",
+            "remain-on-exit",
+            "on",
+            ";",
+        ];
+        args.extend([
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-c",
+            &cwd,
+            "/bin/sh",
+            &script,
+        ]);
+        args.extend([";", "set-option", "-t", &target, "@berth", &mark]);
+        let out = self.tmux.run(&args, None).await?;
+        if out.ok {
+            return Ok(());
+        }
+        if out.stderr.contains("duplicate session") {
+            return Err(RuntimeError::Conflict {
+                resource: name.to_owned(),
+                reason: ConflictReason::NameInUse,
+                message: "tmux session name already in use".into(),
+            });
+        }
+        // Created but not (fully) marked: kill it, but only if it carries no other
+        // engine's marker.
+        if let Ok(Some(pane)) = self.pane(name).await
+            && (pane.engine.is_empty() || pane.engine == m.engine.as_str())
+        {
+            let _ = self
+                .tmux
+                .run(&["kill-session", "-t", &exact_session(name)], None)
+                .await;
+        }
+        Err(RuntimeError::Other {
+            resource: name.to_owned(),
+            message: format!(
+                "creating and marking the tmux session failed (nothing was left running): {}",
+                out.stderr.trim()
+            ),
+        })
+    }
+
+    /// Fills in the exit status of a dead pane from the file its launcher wrote, when
+    /// tmux itself does not know it.
+    async fn settle(&self, pane: &mut Pane) {
+        if !pane.dead || pane.status.is_some() {
+            return;
+        }
+        let n = if pane.kind == "session" {
+            pane.generation
+        } else {
+            pane.incarnation
+        };
+        let file = self
+            .config
+            .data_dir
+            .join("launch")
+            .join(format!("{}-{n}.exit", pane.session));
+        if let Ok(text) = tokio::fs::read_to_string(&file).await {
+            pane.status = text.trim().parse().ok();
+        }
+    }
+
+    /// SIGTERM to the pane's process tree, `grace`, SIGKILL, then kill the session.
+    async fn stop_pane(&self, pane: &Pane, grace: Duration) -> Result<(), RuntimeError> {
+        if pane.pid > 1 {
+            // The pane's process, its descendants, and every member of its process
+            // group (also when the pane itself already exited).
+            // While the leader exists (even as a zombie) the group is reached by killpg;
+            // only when it is gone do members have to be found by scanning /proc.
+            let members = |pid: i32| {
+                let mut pids = procs::tree(pid);
+                if !procs::leads_group(pid) {
+                    for p in procs::group(pid) {
+                        if !pids.contains(&p) {
+                            pids.extend(procs::tree(p));
+                        }
+                    }
+                }
+                pids.sort_unstable();
+                pids.dedup();
+                pids
+            };
+            let pids = members(pane.pid);
+            // Decided once: the group was ours when the stop began, and the stop lasts
+            // at most the grace period (pid reuse within it would need the pid space to
+            // wrap in seconds). A leader already gone means its members were scanned.
+            let group_ours = procs::leads_group(pane.pid);
+            if !pids.is_empty() || group_ours {
+                if group_ours {
+                    procs::kill_group(pane.pid, Signal::SIGTERM);
+                }
+                procs::signal_all(&pids, Signal::SIGTERM);
+                let deadline = tokio::time::Instant::now() + grace;
+                let mut pause = Duration::from_micros(250);
+                while pids.iter().any(|p| procs::alive(*p))
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                let mut rest: Vec<i32> =
+                    pids.iter().copied().filter(|p| procs::alive(*p)).collect();
+                // Something resisted SIGTERM: look again for anything it spawned meanwhile.
+                if !rest.is_empty() {
+                    for p in members(pane.pid) {
+                        if !rest.contains(&p) {
+                            rest.push(p);
+                        }
+                    }
+                }
+                if !rest.is_empty() || group_ours {
+                    if group_ours {
+                        procs::kill_group(pane.pid, Signal::SIGKILL);
+                    }
+                    procs::signal_all(&rest, Signal::SIGKILL);
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    while rest.iter().any(|p| procs::alive(*p))
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        let out = self
+            .tmux
+            .run(&["kill-session", "-t", &exact_session(&pane.session)], None)
+            .await?;
+        if out.ok || out.is_gone() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Other {
+                resource: pane.session.clone(),
+                message: format!("tmux kill-session failed: {}", out.stderr.trim()),
+            })
+        }
+    }
+
+    /// The main pane of `resource` if it is ours, fenced by incarnation.
+    async fn fenced_main(&self, resource: &ResourceRef) -> Result<Option<Pane>, RuntimeError> {
+        let name = main_name(&resource.workspace_id);
+        let Some(pane) = self.pane(&name).await? else {
+            return Ok(None);
+        };
+        if pane.engine != resource.engine_id.as_str() {
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::Foreign,
+                message: "the tmux session is not this engine's".into(),
+            });
+        }
+        if pane.incarnation != resource.incarnation.0 {
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::IncarnationMismatch,
+                message: format!(
+                    "carries incarnation {}, not {}",
+                    pane.incarnation, resource.incarnation
+                ),
+            });
+        }
+        Ok(Some(pane))
+    }
+
+    async fn remove_launchers(&self, name: &str) {
+        let dir = self.config.data_dir.join("launch");
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            if launcher_of(&entry.file_name().to_string_lossy(), name) {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProcessRuntime for TmuxRuntime {
+    fn kind(&self) -> RuntimeKind {
+        #[allow(clippy::expect_used)]
+        RuntimeKind::parse("tmux").expect("a valid runtime name")
+    }
+
+    async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
+        let dir = self.workdir(&workspace.workspace_id, &workspace.spec);
+        dirs::prepare(&dir, self.config.git_timeout).await?;
+        Ok(Some(dir.path().to_string_lossy().into_owned()))
+    }
+
+    async fn launch(&self, request: &LaunchRequest) -> Result<(), RuntimeError> {
+        let r = &request.resource;
+        let name = main_name(&r.workspace_id);
+        // Create first (one tmux process in the common case); only a taken name is
+        // inspected. Rewriting the launcher is safe: a running shell keeps the old file.
+        let script = self
+            .write_launcher(
+                &name,
+                r.incarnation.0,
+                request.dir.as_deref(),
+                &request.env,
+                &request.spec.command,
+            )
+            .await?;
+        let markers = Markers {
+            engine: &r.engine_id,
+            workspace: &r.workspace_id,
+            incarnation: r.incarnation,
+            kind: "main",
+            session: "",
+            generation: 0,
+        };
+        match self
+            .create(&name, request.dir.as_deref(), &script, &markers)
+            .await
+        {
+            Err(RuntimeError::Conflict {
+                reason: ConflictReason::NameInUse,
+                ..
+            }) => {}
+            other => return other,
+        }
+        let Some(pane) = self.pane(&name).await? else {
+            // Gone in between: the engine retries the launch.
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::RemovalInProgress,
+                message: "the session was being removed".into(),
+            });
+        };
+        if pane.engine != r.engine_id.as_str() {
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::Foreign,
+                message: "a tmux session that is not this engine's holds the name".into(),
+            });
+        }
+        if pane.incarnation == r.incarnation.0 && !pane.dead {
+            return Ok(());
+        }
+        Err(RuntimeError::Conflict {
+            resource: name,
+            reason: ConflictReason::NameInUse,
+            message: format!("incarnation {} still holds the session", pane.incarnation),
+        })
+    }
+
+    async fn stop(&self, resource: &ResourceRef, grace: Duration) -> Result<(), RuntimeError> {
+        match self.fenced_main(resource).await? {
+            Some(pane) => self.stop_pane(&pane, grace).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn remove(&self, resource: &ResourceRef) -> Result<(), RuntimeError> {
+        let name = main_name(&resource.workspace_id);
+        if let Some(pane) = self.fenced_main(resource).await? {
+            self.stop_pane(&pane, Duration::ZERO).await?;
+        }
+        self.remove_launchers(&name).await;
+        Ok(())
+    }
+
+    async fn cleanup(&self, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
+        dirs::cleanup(
+            &self.workdir(&workspace.workspace_id, &workspace.spec),
+            self.config.git_timeout,
+        )
+        .await
+    }
+
+    async fn inspect(
+        &self,
+        engine_id: &EngineId,
+        workspace_id: &WorkspaceId,
+    ) -> Result<Option<OwnedResource>, RuntimeError> {
+        let pane = self.pane(&main_name(workspace_id)).await?;
+        Ok(pane
+            .filter(|p| p.engine == engine_id.as_str())
+            .and_then(|p| p.owned()))
+    }
+
+    async fn list_owned(&self, engine_id: &EngineId) -> Result<Vec<OwnedResource>, RuntimeError> {
+        let list = ["list-panes", "-a", "-F", FORMAT];
+        let out = self.tmux.run(&list, None).await?;
+        if !out.ok {
+            // No server means no sessions; anything else is a failed listing.
+            if out.stderr.contains("no server running")
+                || (out.stderr.contains("error connecting to")
+                    && out.stderr.contains("No such file or directory"))
+            {
+                return Ok(Vec::new());
+            }
+            return Err(RuntimeError::Other {
+                resource: self.tmux.socket.display().to_string(),
+                message: format!("tmux list-panes failed: {}", out.stderr.trim()),
+            });
+        }
+        let mut owned = Vec::new();
+        for line in out.stdout.lines().filter(|l| !l.is_empty()) {
+            let mut pane = Pane::parse(line).map_err(|m| RuntimeError::Other {
+                resource: self.tmux.socket.display().to_string(),
+                message: m,
+            })?;
+            if pane.engine != engine_id.as_str() {
+                continue;
+            }
+            self.settle(&mut pane).await;
+            if let Some(r) = pane.owned() {
+                owned.push(r);
+            }
+        }
+        Ok(owned)
+    }
+
+    async fn launch_session(&self, launch: &SessionLaunch) -> Result<(), RuntimeError> {
+        let r = &launch.resource;
+        match self.pane(&main_name(&r.workspace_id)).await? {
+            Some(p)
+                if p.engine == r.engine_id.as_str()
+                    && p.incarnation == r.incarnation.0
+                    && !p.dead => {}
+            _ => {
+                return Err(RuntimeError::NotFound {
+                    resource: main_name(&r.workspace_id),
+                });
+            }
+        }
+        let name = session_name(&r.workspace_id, &launch.name);
+        if let Some(pane) = self.pane(&name).await? {
+            if pane.engine == r.engine_id.as_str()
+                && pane.generation == launch.generation.0
+                && !pane.dead
+            {
+                return Ok(());
+            }
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::NameInUse,
+                message: "the session name is in use".into(),
+            });
+        }
+        let script = self
+            .write_launcher(
+                &name,
+                launch.generation.0,
+                launch.dir.as_deref(),
+                &launch.env,
+                &launch.command,
+            )
+            .await?;
+        let markers = Markers {
+            engine: &r.engine_id,
+            workspace: &r.workspace_id,
+            incarnation: r.incarnation,
+            kind: "session",
+            session: launch.name.as_str(),
+            generation: launch.generation.0,
+        };
+        self.create(&name, launch.dir.as_deref(), &script, &markers)
+            .await
+    }
+
+    async fn stop_session(
+        &self,
+        session: &SessionRef,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let name = session_name(&session.workspace_id, &session.name);
+        let Some(pane) = self.pane(&name).await? else {
+            return Ok(());
+        };
+        if pane.engine != session.engine_id.as_str() {
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::Foreign,
+                message: "the tmux session is not this engine's".into(),
+            });
+        }
+        if session.generation.is_some_and(|g| g.0 != pane.generation) {
+            return Ok(());
+        }
+        self.stop_pane(&pane, grace).await?;
+        self.remove_launchers(&name).await;
+        Ok(())
+    }
+
+    async fn capture(
+        &self,
+        target: &CaptureTarget,
+        lines: usize,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let (name, engine) = match target {
+            CaptureTarget::Main(r) => (main_name(&r.workspace_id), &r.engine_id),
+            CaptureTarget::Session(s) => (session_name(&s.workspace_id, &s.name), &s.engine_id),
+        };
+        match self.pane(&name).await? {
+            Some(p) if p.engine == engine.as_str() => {}
+            _ => return Err(RuntimeError::NotFound { resource: name }),
+        }
+        let start = format!("-{}", lines.max(1));
+        let text = self
+            .tmux
+            .ok(
+                &[
+                    "capture-pane",
+                    "-p",
+                    "-J",
+                    "-t",
+                    &exact(&name),
+                    "-S",
+                    &start,
+                ],
+                &name,
+            )
+            .await?;
+        let mut out: Vec<String> = text.lines().map(str::to_owned).collect();
+        while out.last().is_some_and(|l| l.trim().is_empty()) {
+            out.pop();
+        }
+        let skip = out.len().saturating_sub(lines);
+        Ok(out.split_off(skip))
+    }
+
+    async fn dirty_check(&self, workspace: &WorkspaceRef) -> Result<DirtyReport, RuntimeError> {
+        dirs::dirty(
+            &self.workdir(&workspace.workspace_id, &workspace.spec),
+            self.config.git_timeout,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::launcher_of;
+
+    #[test]
+    fn launcher_files_match_their_session_exactly() {
+        assert!(launcher_of("bs-1-foo-3.sh", "bs-1-foo"));
+        assert!(launcher_of("bs-1-foo-3.exit", "bs-1-foo"));
+        assert!(launcher_of("bs-1-foo-3.exit.tmp", "bs-1-foo"));
+        assert!(launcher_of(".bs-1-foo-3.tmp", "bs-1-foo"));
+        assert!(
+            !launcher_of("bs-1-foo-bar-3.sh", "bs-1-foo"),
+            "another session's file"
+        );
+        assert!(!launcher_of("bs-1-foo-bar-3.exit", "bs-1-foo"));
+        assert!(!launcher_of("bs-1-foo-.sh", "bs-1-foo"));
+        assert!(!launcher_of("bs-1-foo-3.sh.bak", "bs-1-foo"));
+    }
+}

@@ -1,0 +1,106 @@
+//! The runtime contract on real tmux.
+
+use std::time::Duration;
+
+use berth_core::model::WorkspaceSpec;
+use berth_core::testkit::{ContractProgram, RuntimeHarness, runtime_contract};
+
+use crate::Fixture;
+
+fn command(p: ContractProgram) -> Vec<String> {
+    match p {
+        ContractProgram::Forever => crate::sh("exec sleep 3600"),
+        ContractProgram::Exit(code) => crate::sh(&format!("exit {code}")),
+        ContractProgram::Print(text) => vec![
+            "sh".into(),
+            "-c".into(),
+            "printf '%s\\n' \"$1\"; exec sleep 3600".into(),
+            "sh".into(),
+            text,
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmux_runtime_passes_the_runtime_contract() {
+    let fx = Fixture::new();
+    run(fx.rt.clone()).await;
+    assert!(
+        fx.tmux_out(&["list-sessions", "-F", "#{session_name}"])
+            .lines()
+            .any(|n| n == "berth-control"),
+        "control mode was used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmux_runtime_passes_the_runtime_contract_through_the_cli() {
+    let fx = Fixture::new();
+    let mut config = berth_tmux::TmuxConfig::new(fx.path());
+    config.control_mode = false;
+    run(std::sync::Arc::new(berth_tmux::TmuxRuntime::new(config))).await;
+    assert!(
+        !fx.tmux_out(&["list-sessions", "-F", "#{session_name}"])
+            .lines()
+            .any(|n| n == "berth-control"),
+        "no control client without control mode"
+    );
+}
+
+async fn run(runtime: std::sync::Arc<berth_tmux::TmuxRuntime>) {
+    let harness = RuntimeHarness {
+        runtime,
+        spec: Box::new(|p| WorkspaceSpec {
+            command: command(p),
+            ..Default::default()
+        }),
+        session_command: Box::new(command),
+        settle: Duration::from_secs(10),
+    };
+    runtime_contract(&harness).await;
+}
+
+/// The control client dies (its session killed from outside): the next calls fall back
+/// to the CLI, succeed, and a new control client takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_control_client_falls_back_to_the_cli_and_recovers() {
+    use berth_core::ids::{EngineId, Incarnation, WorkspaceId};
+    use berth_core::ports::{ProcessRuntime, ResourceRef};
+    let fx = Fixture::new();
+    let engine = EngineId::generate();
+    let ws = WorkspaceId::generate();
+    assert!(fx.rt.list_owned(&engine).await.unwrap().is_empty());
+    // The call right after the kill races the client's own detach: repeat the loss so
+    // both orders (the client already gone, the client still attached without a
+    // session) are exercised.
+    for round in 0..20 {
+        // This call starts a new control client (the last one was dropped).
+        assert!(fx.rt.list_owned(&engine).await.unwrap().is_empty());
+        assert!(
+            fx.tmux(&["kill-session", "-t", "=berth-control"])
+                .status
+                .success(),
+            "round {round}: the control client was running"
+        );
+        // Every call after the loss still answers correctly.
+        assert!(fx.rt.list_owned(&engine).await.unwrap().is_empty());
+    }
+    assert_eq!(fx.rt.inspect(&engine, &ws).await.unwrap(), None);
+    fx.rt
+        .stop(
+            &ResourceRef {
+                engine_id: engine.clone(),
+                workspace_id: ws.clone(),
+                incarnation: Incarnation(1),
+            },
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert!(
+        fx.tmux_out(&["list-sessions", "-F", "#{session_name}"])
+            .lines()
+            .any(|n| n == "berth-control"),
+        "a new control client took over"
+    );
+}

@@ -1,0 +1,502 @@
+//! Reconciliation and boot recovery: making the store and the runtimes agree.
+//!
+//! The reconciler lists each runtime's resources carrying our engine id FIRST and reads
+//! the store AFTER, so every listed resource's row (committed before its launch) is
+//! seen. It acts on a workspace only when its gate is idle and its epoch did not move
+//! while listing, so a stale listing never overrides an op that just finished. A failed
+//! listing changes nothing for that runtime.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::ids::{Incarnation, WorkspaceId};
+use crate::model::{Actor, Cause, LastError, OpStatus, SessionState, Workspace};
+use crate::ports::{OwnedResource, ProcessStatus, ResourceKind, ResourceRef, SessionRef, Step};
+use crate::state::{Effect, FailureReason, LifecycleEvent, State};
+
+use super::gate::SessionsClosed;
+use super::run::{Change, op_error};
+use super::{Engine, EngineError};
+
+/// What one reconcile pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Running workspaces whose resource was gone: now `failed{runtime_missing}`.
+    pub missing: usize,
+    /// Running workspaces whose main process had exited: now `stopped` or `failed`.
+    pub exited: usize,
+    /// Orphan resources stopped and removed.
+    pub orphans_removed: usize,
+    /// Orphans younger than the grace period, left for a later pass.
+    pub orphans_kept: usize,
+    /// Session rows whose process was gone, forgotten.
+    pub sessions_pruned: usize,
+    /// Workspaces skipped because an op or a session change was under way.
+    pub skipped_busy: usize,
+    /// Runtimes whose listing failed (nothing was changed for them).
+    pub listing_failures: usize,
+    /// Idle workspaces found in a transitional state and finished.
+    pub transitional_finished: usize,
+}
+
+/// What boot recovery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// `starting` workspaces whose live resource of the current incarnation was adopted.
+    pub adopted: usize,
+    /// `starting` workspaces with no live resource, now `failed{interrupted}`.
+    pub failed_starts: usize,
+    /// `stopping` workspaces whose stop was finished.
+    pub stops_finished: usize,
+    /// `deleting` workspaces whose delete was finished.
+    pub deletes_finished: usize,
+    /// Ops left `queued` or `running` by the previous engine, now `interrupted`.
+    pub ops_interrupted: usize,
+    /// Workspaces still transitional after recovery (a runtime error); 0 normally.
+    pub still_transitional: usize,
+    /// The first reconcile pass after recovery.
+    pub reconcile: ReconcileReport,
+}
+
+impl Engine {
+    async fn all_workspaces(&self) -> Result<Vec<Workspace>, EngineError> {
+        let mut out = Vec::new();
+        let mut after: Option<WorkspaceId> = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .list_workspaces(after.as_ref(), 1000)
+                .await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// One reconcile pass over every runtime.
+    pub async fn reconcile(&self) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let epochs = self.inner.gates.epochs();
+        let mut listings = HashMap::new();
+        for (kind, rt) in &self.inner.runtimes {
+            match rt.list_owned(&self.inner.engine_id).await {
+                Ok(list) => {
+                    listings.insert(kind.clone(), list);
+                }
+                Err(e) => {
+                    report.listing_failures += 1;
+                    tracing::warn!(runtime = %kind, error = %e, "listing failed; reconcile changes nothing for this runtime");
+                }
+            }
+        }
+        let workspaces = match self.all_workspaces().await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile could not read the store");
+                return report;
+            }
+        };
+        let by_id: HashMap<_, _> = workspaces.iter().map(|w| (w.id.clone(), w)).collect();
+        for (kind, list) in listings {
+            let mut per_ws: HashMap<WorkspaceId, Vec<OwnedResource>> = HashMap::new();
+            for r in list {
+                per_ws.entry(r.workspace_id.clone()).or_default().push(r);
+            }
+            // Workspaces of this runtime, with or without resources.
+            let mut ids: HashSet<WorkspaceId> = per_ws.keys().cloned().collect();
+            ids.extend(
+                workspaces
+                    .iter()
+                    .filter(|w| w.runtime == kind)
+                    .map(|w| w.id.clone()),
+            );
+            for id in ids {
+                let resources = per_ws.remove(&id).unwrap_or_default();
+                match by_id.get(&id) {
+                    Some(ws) if ws.runtime == kind => {
+                        let before = epochs.get(&id).copied().unwrap_or(0);
+                        self.reconcile_workspace(ws, resources, before, &mut report)
+                            .await;
+                    }
+                    // No row (or another runtime's row): every resource is an orphan.
+                    _ => {
+                        for r in resources {
+                            self.remove_orphan(&kind, &r, None, &mut report).await;
+                        }
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    async fn reconcile_workspace(
+        &self,
+        listed: &Workspace,
+        resources: Vec<OwnedResource>,
+        epoch_before: u64,
+        report: &mut ReconcileReport,
+    ) {
+        let gate = self.inner.gates.get(&listed.id);
+        let Ok(_exec) = gate.exec.try_lock() else {
+            report.skipped_busy += 1;
+            return;
+        };
+        let idle = gate
+            .slot
+            .try_lock()
+            .map(|s| s.in_flight.is_none())
+            .unwrap_or(false);
+        if !idle || gate.epoch() != epoch_before || gate.sessions.lock().active > 0 {
+            report.skipped_busy += 1;
+            return;
+        }
+        // The gate is idle and its epoch did not move since before the listing, so the
+        // row it last committed (or, on a fresh gate, the row just listed) is current.
+        let cached = gate.row.lock().clone();
+        let mut ws = cached.unwrap_or_else(|| listed.clone());
+        if ws.state.is_transitional() {
+            // No op runs (the gate is idle), so nothing will finish it but us.
+            let mut recovered = RecoveryReport::default();
+            self.finish_transitional(&gate, ws, &mut recovered).await;
+            report.transitional_finished += 1;
+            gate.bump();
+            return;
+        }
+        let main = resources
+            .iter()
+            .find(|r| r.kind == ResourceKind::Main && r.incarnation == ws.incarnation);
+        if ws.state == State::Running {
+            let observed = match main.map(|r| r.status) {
+                None => Some((
+                    LifecycleEvent::Missing,
+                    Cause::RuntimeMissing,
+                    FailureReason::RuntimeMissing,
+                    format!(
+                        "runtime has no resource for running workspace {} (incarnation {})",
+                        ws.name, ws.incarnation
+                    ),
+                )),
+                Some(ProcessStatus::Exited(code)) => {
+                    let code = code.unwrap_or(-1);
+                    Some((
+                        LifecycleEvent::Exited(code),
+                        Cause::Exited,
+                        FailureReason::Exited,
+                        format!("main process of {} exited with code {code}", ws.name),
+                    ))
+                }
+                Some(ProcessStatus::Running) => None,
+            };
+            if let Some((event, cause, reason, message)) = observed {
+                let mut change = Change::new(event, cause, Actor::Reconciler, message.clone());
+                change.last_error = Some(LastError {
+                    code: reason,
+                    message,
+                    at: self.inner.clock.now(),
+                });
+                match self.apply(&mut ws, change).await {
+                    Ok(effects) => {
+                        if matches!(event, LifecycleEvent::Missing) {
+                            report.missing += 1
+                        } else {
+                            report.exited += 1
+                        }
+                        let closing = SessionsClosed::Stopping;
+                        let failures = self.run_effects(&gate, &ws, None, &effects, closing).await;
+                        if !failures.is_empty() {
+                            tracing::warn!(workspace = %ws.id, ?failures, "reconcile could not clean up after an exit");
+                        }
+                        gate.bump();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(workspace = %ws.id, error = %e, "reconcile could not record an exit")
+                    }
+                }
+            }
+        }
+        // Orphans: another incarnation, or a live process the record says is not running.
+        for r in &resources {
+            let wanted = r.incarnation == ws.incarnation
+                && match &r.kind {
+                    ResourceKind::Main => {
+                        ws.state == State::Running || r.status != ProcessStatus::Running
+                    }
+                    ResourceKind::Session { .. } => ws.state == State::Running,
+                };
+            if !wanted {
+                self.remove_orphan(&ws.runtime, r, Some(&ws), report).await;
+            }
+        }
+        // Session launches do not take the exec lock: re-check, after reading rows and
+        // before acting on them, that none registered or finished since the listing.
+        let settled = || gate.sessions.lock().active == 0 && gate.epoch() == epoch_before;
+        // Known to have no session rows (set below, cleared by any launch): skip the reads.
+        let listed_sessions = resources
+            .iter()
+            .any(|r| matches!(r.kind, ResourceKind::Session { .. }));
+        if gate.no_sessions.load(std::sync::atomic::Ordering::SeqCst) && !listed_sessions {
+            return;
+        }
+        // One read of the session rows, acted on only if no launch moved meanwhile.
+        let Ok(rows) = self.inner.store.sessions(&ws.id).await else {
+            return;
+        };
+        if !settled() {
+            return;
+        }
+        if rows.is_empty() && !listed_sessions {
+            gate.no_sessions
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+        // Session resources of this incarnation without a row are orphans.
+        for r in &resources {
+            if let ResourceKind::Session { name, generation } = &r.kind
+                && r.incarnation == ws.incarnation
+                && !rows
+                    .iter()
+                    .any(|row| &row.name == name && row.generation == *generation)
+            {
+                self.remove_orphan(&ws.runtime, r, Some(&ws), report).await;
+            }
+        }
+        // Forget rows whose process is gone, only for the generation that exited.
+        if ws.state != State::Running {
+            return;
+        }
+        for row in rows {
+            let live = resources.iter().find(|r| matches!(&r.kind, ResourceKind::Session { name, generation } if *name == row.name && *generation == row.generation));
+            match live.map(|r| r.status) {
+                Some(ProcessStatus::Running) | Some(ProcessStatus::Exited(_))
+                    if row.state == SessionState::Exited => {}
+                Some(ProcessStatus::Running) => {}
+                Some(ProcessStatus::Exited(code)) => {
+                    let mut exited = row.clone();
+                    exited.state = SessionState::Exited;
+                    exited.exit_code = code;
+                    if self.inner.store.update_session(&exited).await.is_ok() {
+                        report.sessions_pruned += 1;
+                    }
+                }
+                None => {
+                    if let Ok(true) = self
+                        .inner
+                        .store
+                        .delete_session(&ws.id, &row.name, row.generation)
+                        .await
+                    {
+                        report.sessions_pruned += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn remove_orphan(
+        &self,
+        kind: &crate::ids::RuntimeKind,
+        r: &OwnedResource,
+        ws: Option<&Workspace>,
+        report: &mut ReconcileReport,
+    ) {
+        let Some(rt) = self.inner.runtimes.get(kind) else {
+            return;
+        };
+        let age = self.inner.clock.now().signed_duration_since(r.created_at);
+        let grace = chrono::Duration::from_std(self.inner.config.orphan_grace)
+            .unwrap_or(chrono::Duration::MAX);
+        if age < grace {
+            report.orphans_kept += 1;
+            return;
+        }
+        let bound = self.inner.config.stop_ceiling;
+        let grace_stop = self.inner.config.stop_grace;
+        let result = match &r.kind {
+            ResourceKind::Main => {
+                let target = ResourceRef {
+                    engine_id: self.inner.engine_id.clone(),
+                    workspace_id: r.workspace_id.clone(),
+                    incarnation: r.incarnation,
+                };
+                tokio::time::timeout(bound, async {
+                    rt.stop(&target, grace_stop).await?;
+                    rt.remove(&target).await
+                })
+                .await
+            }
+            ResourceKind::Session { name, generation } => {
+                let target = SessionRef {
+                    engine_id: self.inner.engine_id.clone(),
+                    workspace_id: r.workspace_id.clone(),
+                    name: name.clone(),
+                    generation: Some(*generation),
+                };
+                tokio::time::timeout(bound, rt.stop_session(&target, grace_stop)).await
+            }
+        };
+        match result {
+            Ok(Ok(())) => {
+                report.orphans_removed += 1;
+                if let Some(ws) = ws {
+                    self.step(ws, None, Step::OrphanRemoved);
+                }
+            }
+            Ok(Err(e)) if e.is_not_found() => report.orphans_removed += 1,
+            Ok(Err(e)) => {
+                tracing::warn!(workspace = %r.workspace_id, error = %e, "could not remove an orphan")
+            }
+            Err(_) => tracing::warn!(workspace = %r.workspace_id, "removing an orphan timed out"),
+        }
+    }
+
+    /// Boot recovery: finishes workspaces left `starting`/`stopping`/`deleting` by a
+    /// crash or an interrupted shutdown, marks the ops it left as `interrupted`, then
+    /// runs one reconcile pass.
+    ///
+    /// # Errors
+    /// Store errors while reading what to recover.
+    pub(crate) async fn recover(&self) -> Result<RecoveryReport, EngineError> {
+        let mut report = RecoveryReport::default();
+        for mut op in self.inner.store.unfinished_ops().await? {
+            op.error = Some(op_error(
+                "interrupted",
+                "the engine stopped while this op was pending; boot recovery finished the workspace",
+            ));
+            self.end_op(&mut op, OpStatus::Interrupted, None, None)
+                .await;
+            report.ops_interrupted += 1;
+        }
+        for ws in self.all_workspaces().await? {
+            if !ws.state.is_transitional() {
+                continue;
+            }
+            let gate = self.inner.gates.get(&ws.id);
+            let _exec = gate.exec.lock().await;
+            self.finish_transitional(&gate, ws, &mut report).await;
+        }
+        report.reconcile = self.reconcile().await;
+        Ok(report)
+    }
+
+    /// Finishes a workspace left `starting`/`stopping`/`deleting` with no op running
+    /// (a crash, an interrupted shutdown, a failed final commit). The caller holds
+    /// the gate's exec lock.
+    pub(crate) async fn finish_transitional(
+        &self,
+        gate: &super::gate::Gate,
+        mut ws: Workspace,
+        report: &mut RecoveryReport,
+    ) {
+        match ws.state {
+            State::Starting => self.recover_start(&mut ws, report).await,
+            State::Stopping => {
+                let effects = [Effect::StopSessions, Effect::StopMain];
+                let failures = self
+                    .run_effects(gate, &ws, None, &effects, SessionsClosed::Stopping)
+                    .await;
+                let (event, cause) = if failures.is_empty() {
+                    (LifecycleEvent::Stopped, Cause::Recovered)
+                } else {
+                    (LifecycleEvent::StopFailed, Cause::StopFailed)
+                };
+                let message = if failures.is_empty() {
+                    format!("recovery finished the stop of {}", ws.name)
+                } else {
+                    format!(
+                        "recovery could not stop {}: {}",
+                        ws.name,
+                        failures.join("; ")
+                    )
+                };
+                let mut change = Change::new(event, cause, Actor::Engine, message.clone());
+                change.last_error = Some(LastError {
+                    code: FailureReason::StopFailed,
+                    message,
+                    at: self.inner.clock.now(),
+                });
+                if self.apply(&mut ws, change).await.is_ok() && failures.is_empty() {
+                    report.stops_finished += 1;
+                }
+            }
+            State::Deleting => {
+                let effects = [
+                    Effect::StopSessions,
+                    Effect::StopMain,
+                    Effect::RemoveResources,
+                ];
+                let failures = self
+                    .run_effects(gate, &ws, None, &effects, SessionsClosed::Deleting)
+                    .await;
+                if failures.is_empty() && self.delete_rows(&ws, None, Actor::Engine).await.is_ok() {
+                    report.deletes_finished += 1;
+                    return;
+                }
+                tracing::warn!(workspace = %ws.id, ?failures, "recovery could not finish a delete; a retry of the delete will");
+            }
+            _ => {}
+        }
+        if ws.state.is_transitional() {
+            report.still_transitional += 1;
+        }
+    }
+
+    async fn recover_start(&self, ws: &mut Workspace, report: &mut RecoveryReport) {
+        let live = match self.runtime_for(ws) {
+            Some(rt) => match rt.inspect(&self.inner.engine_id, &ws.id).await {
+                Ok(Some(r)) => {
+                    r.incarnation == ws.incarnation && r.status == ProcessStatus::Running
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    // Cannot tell: never fail (and later sweep) a workspace that may be
+                    // running. It stays `starting`; the reconciler retries.
+                    tracing::warn!(workspace = %ws.id, error = %e, "recovery could not inspect a starting workspace; leaving it for the reconciler");
+                    return;
+                }
+            },
+            None => false,
+        };
+        if live {
+            let change = Change::new(
+                LifecycleEvent::Launched,
+                Cause::Adopted,
+                Actor::Engine,
+                format!(
+                    "recovery adopted incarnation {} of {}",
+                    ws.incarnation, ws.name
+                ),
+            );
+            if self.apply(ws, change).await.is_ok() {
+                report.adopted += 1;
+            }
+            return;
+        }
+        if let Some(rt) = self.runtime_for(ws)
+            && ws.incarnation > Incarnation(0)
+        {
+            self.remove_partial(rt.as_ref(), ws, None).await;
+        }
+        let message = format!(
+            "the engine stopped while {} was starting and no live process of incarnation {} was found",
+            ws.name, ws.incarnation
+        );
+        let mut change = Change::new(
+            LifecycleEvent::StartFailed(FailureReason::Interrupted),
+            Cause::Recovered,
+            Actor::Engine,
+            message.clone(),
+        );
+        change.last_error = Some(LastError {
+            code: FailureReason::Interrupted,
+            message,
+            at: self.inner.clock.now(),
+        });
+        if self.apply(ws, change).await.is_ok() {
+            report.failed_starts += 1;
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The ports: what the engine needs from the outside world, named by capability.
+//!
+//! Each is an `#[async_trait]` trait used as `Arc<dyn Port>`, because runtimes are
+//! chosen at run time and other teams embed the engine. Every method states its
+//! contract as MUST clauses; `berth_core::testkit` holds one conformance suite per
+//! port that every adapter and every fake runs.
+
+mod clock;
+mod reporter;
+mod runtime;
+mod store;
+
+pub use clock::{Clock, SystemClock};
+pub use reporter::{Report, Reporter, ReporterStats, Step};
+pub use runtime::{
+    CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime,
+    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef,
+    WorkspaceRef,
+};
+pub use store::{Commit, NewSession, Store, StoreError, WorkspacePage};

@@ -1,0 +1,275 @@
+//! The runtime port: what runs the processes of a workspace (tmux, docker, ...).
+//!
+//! Resources are fenced by `{engine id, workspace id, incarnation}`: a runtime labels
+//! every resource with them and refuses to stop or remove a resource whose incarnation
+//! does not match the caller's.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::ids::{
+    EngineId, Generation, Incarnation, RuntimeKind, SessionName, WorkspaceId, WorkspaceName,
+};
+use crate::model::{Timestamp, WorkspaceSpec};
+
+/// Why a runtime refused with a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictReason {
+    /// A resource with the workspace's name exists (ours, another incarnation): transient.
+    NameInUse,
+    /// The runtime is still removing the workspace's resource: transient.
+    RemovalInProgress,
+    /// The resource carries another incarnation than the caller's: fenced.
+    IncarnationMismatch,
+    /// The name is held by something that is not ours: never touched.
+    Foreign,
+}
+
+/// A runtime error. `NotFound` counts as gone everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The resource does not exist.
+    #[error("{resource} not found")]
+    NotFound {
+        /// The resource named.
+        resource: String,
+    },
+    /// The resource is in a conflicting state.
+    #[error("{resource}: {message}")]
+    Conflict {
+        /// The resource named.
+        resource: String,
+        /// Why.
+        reason: ConflictReason,
+        /// A sentence.
+        message: String,
+    },
+    /// The runtime cannot be reached (daemon down, socket missing).
+    #[error("runtime unavailable: {message}")]
+    Unavailable {
+        /// A sentence.
+        message: String,
+    },
+    /// A call did not answer in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// Which call.
+        operation: String,
+        /// After how long.
+        after: Duration,
+    },
+    /// Anything else, with the resource named.
+    #[error("{resource}: {message}")]
+    Other {
+        /// The resource named.
+        resource: String,
+        /// A sentence.
+        message: String,
+    },
+}
+
+impl RuntimeError {
+    /// Whether this error means "already gone".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::NotFound { .. })
+    }
+}
+
+/// Names one incarnation of a workspace's main resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceRef {
+    /// The engine that owns it.
+    pub engine_id: EngineId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The fencing incarnation.
+    pub incarnation: Incarnation,
+}
+
+/// A workspace as far as directories go (prepare, cleanup, dirty check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceRef {
+    /// The engine that owns it.
+    pub engine_id: EngineId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// Its spec (dir, git, image).
+    pub spec: WorkspaceSpec,
+}
+
+/// Everything a launch needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchRequest {
+    /// The resource to create, with its fencing labels.
+    pub resource: ResourceRef,
+    /// The workspace's human name (for display only; never part of a target).
+    pub name: WorkspaceName,
+    /// What to run.
+    pub spec: WorkspaceSpec,
+    /// The directory `prepare` returned.
+    pub dir: Option<String>,
+    /// The full environment: the spec's plus `BERTH_WORKSPACE_ID`,
+    /// `BERTH_WORKSPACE_TOKEN`, `BERTH_API_URL`.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A session launch inside a running workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLaunch {
+    /// The workspace's main resource (the session belongs to this incarnation).
+    pub resource: ResourceRef,
+    /// Session name.
+    pub name: SessionName,
+    /// Its creation generation (a marker on the runtime resource).
+    pub generation: Generation,
+    /// Its argv.
+    pub command: Vec<String>,
+    /// Its environment.
+    pub env: BTreeMap<String, String>,
+    /// The workspace directory.
+    pub dir: Option<String>,
+}
+
+/// Names one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
+    /// The engine that owns it.
+    pub engine_id: EngineId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// Session name.
+    pub name: SessionName,
+    /// When set, only the session carrying this generation is meant: a re-created
+    /// session of the same name (another generation) is never touched.
+    pub generation: Option<Generation>,
+}
+
+/// What output to capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureTarget {
+    /// The main process.
+    Main(ResourceRef),
+    /// A session.
+    Session(SessionRef),
+}
+
+/// Whether a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessStatus {
+    /// Running.
+    Running,
+    /// Exited, with its code when the runtime kept it.
+    Exited(Option<i64>),
+}
+
+/// What kind of resource an owned resource is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceKind {
+    /// A workspace's main process.
+    Main,
+    /// A session with its generation.
+    Session {
+        /// Session name.
+        name: SessionName,
+        /// Creation generation.
+        generation: Generation,
+    },
+}
+
+/// A resource carrying our engine id, as listed for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedResource {
+    /// The workspace it belongs to.
+    pub workspace_id: WorkspaceId,
+    /// The incarnation it carries.
+    pub incarnation: Incarnation,
+    /// Main process or session.
+    pub kind: ResourceKind,
+    /// When the runtime created it (orphan grace counts from here).
+    pub created_at: Timestamp,
+    /// Whether its process runs.
+    pub status: ProcessStatus,
+}
+
+/// Result of a dirty check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirtyReport {
+    /// Nothing unsaved (or not a git work tree).
+    Clean,
+    /// Uncommitted or untracked files, by path.
+    Dirty(Vec<String>),
+}
+
+/// Runs the processes of workspaces.
+#[async_trait]
+pub trait ProcessRuntime: Send + Sync + std::fmt::Debug {
+    /// The runtime's name (`tmux`, `docker`, ...).
+    fn kind(&self) -> RuntimeKind;
+
+    /// Creates the workspace directory (worktree, volume) if the spec asks for one and
+    /// returns its path. MUST be idempotent. MUST NOT create or modify a directory the
+    /// user brought; MUST return `Other` naming the path when it does not exist.
+    async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError>;
+
+    /// Launches the main process labelled with `request.resource`.
+    /// MUST be idempotent for the same `ResourceRef` (a live resource of this
+    /// incarnation is adopted, never duplicated). MUST return `Conflict{NameInUse}` or
+    /// `Conflict{RemovalInProgress}` while a resource of another incarnation of the
+    /// same workspace exists, and `Conflict{Foreign}` when the name is held by a
+    /// resource without our engine id. Never leaves two resources for one workspace.
+    async fn launch(&self, request: &LaunchRequest) -> Result<(), RuntimeError>;
+
+    /// Stops the main process: SIGTERM to the whole process group, `grace`, then SIGKILL.
+    /// MUST return `Ok` when the resource is already gone. MUST return
+    /// `Conflict{IncarnationMismatch}` (and touch nothing) when the workspace's resource
+    /// carries another incarnation.
+    async fn stop(&self, resource: &ResourceRef, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Removes the main resource (stopping it first if needed). MUST return `Ok` when
+    /// already gone; MUST refuse another incarnation with `Conflict{IncarnationMismatch}`.
+    async fn remove(&self, resource: &ResourceRef) -> Result<(), RuntimeError>;
+
+    /// Removes what `prepare` created (volume, worktree) on delete. MUST NOT remove a
+    /// directory the user brought. MUST return `Ok` when nothing is left.
+    async fn cleanup(&self, workspace: &WorkspaceRef) -> Result<(), RuntimeError>;
+
+    /// The workspace's main resource, whatever its incarnation. MUST return `Ok(None)`
+    /// when there is none, and only consider resources with our engine id.
+    async fn inspect(
+        &self,
+        engine_id: &EngineId,
+        workspace_id: &WorkspaceId,
+    ) -> Result<Option<OwnedResource>, RuntimeError>;
+
+    /// Every resource (main and sessions) carrying `engine_id`. MUST return an error,
+    /// never a partial or empty list, when the listing fails. MUST NOT list resources
+    /// of other engines or without our labels.
+    async fn list_owned(&self, engine_id: &EngineId) -> Result<Vec<OwnedResource>, RuntimeError>;
+
+    /// Launches a session. MUST be idempotent for the same name and generation.
+    /// MUST return `NotFound` when the workspace's main resource does not run.
+    async fn launch_session(&self, launch: &SessionLaunch) -> Result<(), RuntimeError>;
+
+    /// Stops a session and its process tree. MUST return `Ok` when already gone, and
+    /// `Ok` without touching anything when `session.generation` is set and the live
+    /// session carries another generation.
+    async fn stop_session(&self, session: &SessionRef, grace: Duration)
+    -> Result<(), RuntimeError>;
+
+    /// Recent output, oldest first, at most `lines` lines. MUST return `NotFound` when
+    /// the target does not exist.
+    async fn capture(
+        &self,
+        target: &CaptureTarget,
+        lines: usize,
+    ) -> Result<Vec<String>, RuntimeError>;
+
+    /// Whether the workspace directory holds unsaved work (a git work tree with
+    /// uncommitted or untracked files). A directory that is not a git work tree is
+    /// clean. MUST return an error when the directory cannot be checked (missing,
+    /// unreadable).
+    async fn dirty_check(&self, workspace: &WorkspaceRef) -> Result<DirtyReport, RuntimeError>;
+}

@@ -1,0 +1,492 @@
+//! An in-memory [`Store`]: the reference implementation of the store contract, with
+//! planned failures for crash-window tests.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use async_trait::async_trait;
+
+use crate::ids::{
+    EngineId, Generation, Incarnation, OpId, SessionName, TokenHash, WorkspaceId, WorkspaceName,
+};
+use crate::model::{Event, NewEvent, OpStatus, Operation, Session, SessionState, Workspace};
+use crate::ports::{Commit, NewSession, Store, StoreError, WorkspacePage};
+use crate::state::State;
+
+#[derive(Debug, Default)]
+struct Mem {
+    engine_id: Option<EngineId>,
+    workspaces: HashMap<WorkspaceId, Workspace>,
+    /// Creation order: seq → id; `created_seq` keeps the seq of deleted ids for cursors.
+    order: BTreeMap<u64, WorkspaceId>,
+    created_seq: HashMap<WorkspaceId, u64>,
+    next_created: u64,
+    ops: HashMap<OpId, Operation>,
+    op_order: Vec<OpId>,
+    events: Vec<Event>,
+    sessions: BTreeMap<(WorkspaceId, SessionName), Session>,
+    next_generation: u64,
+    tokens: HashMap<[u8; 32], (WorkspaceId, Incarnation)>,
+    idempotency: HashMap<String, (String, String)>,
+    closed: bool,
+}
+
+/// Which store call a planned failure hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Call {
+    Commit(Option<State>),
+}
+
+/// The in-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    mem: parking_lot::Mutex<Mem>,
+    planned: parking_lot::Mutex<HashMap<Call, VecDeque<StoreError>>>,
+    /// Time each write takes to be acknowledged, after it landed.
+    write_latency: parking_lot::Mutex<std::time::Duration>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next commit that moves a workspace to `state` fails with `error` and writes
+    /// nothing (for "resource created, row never committed" windows).
+    pub fn fail_commit_to(&self, state: State, error: StoreError) {
+        self.planned
+            .lock()
+            .entry(Call::Commit(Some(state)))
+            .or_default()
+            .push_back(error);
+    }
+
+    /// Every write lands at once but is acknowledged only after `latency` (tokio time):
+    /// a caller dropped in that window leaves a written row behind, as with a real
+    /// database whose commit succeeded but whose answer was never read.
+    pub fn set_write_latency(&self, latency: std::time::Duration) {
+        *self.write_latency.lock() = latency;
+    }
+
+    async fn acknowledge(&self) {
+        let latency = *self.write_latency.lock();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
+    /// Opens the store again after `close` (a daemon restart on the same data dir).
+    pub fn reopen(&self) {
+        self.mem.lock().closed = false;
+    }
+
+    /// Every op row, in insertion order.
+    pub fn all_ops(&self) -> Vec<Operation> {
+        let mem = self.mem.lock();
+        mem.op_order
+            .iter()
+            .filter_map(|id| mem.ops.get(id).cloned())
+            .collect()
+    }
+
+    /// Every event.
+    pub fn all_events(&self) -> Vec<Event> {
+        self.mem.lock().events.clone()
+    }
+
+    /// Every workspace.
+    pub fn all_workspaces(&self) -> Vec<Workspace> {
+        let mem = self.mem.lock();
+        mem.order
+            .values()
+            .filter_map(|id| mem.workspaces.get(id).cloned())
+            .collect()
+    }
+
+    /// Every session row.
+    pub fn all_sessions(&self) -> Vec<Session> {
+        self.mem.lock().sessions.values().cloned().collect()
+    }
+
+    fn planned(&self, call: Call) -> Option<StoreError> {
+        self.planned
+            .lock()
+            .get_mut(&call)
+            .and_then(VecDeque::pop_front)
+    }
+}
+
+fn open(mem: &Mem) -> Result<(), StoreError> {
+    if mem.closed {
+        Err(StoreError::Closed)
+    } else {
+        Ok(())
+    }
+}
+
+fn append(mem: &mut Mem, event: &NewEvent) -> Event {
+    let seq = mem.events.last().map_or(0, |e| e.seq) + 1;
+    let stored = Event {
+        seq,
+        event: event.clone(),
+    };
+    mem.events.push(stored.clone());
+    stored
+}
+
+fn write_ops(mem: &mut Mem, ops: &[Operation]) {
+    for op in ops {
+        if !mem.ops.contains_key(&op.id) {
+            mem.op_order.push(op.id.clone());
+        }
+        mem.ops.insert(op.id.clone(), op.clone());
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn init_engine_id(&self, candidate: &EngineId) -> Result<EngineId, StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem
+            .engine_id
+            .get_or_insert_with(|| candidate.clone())
+            .clone())
+    }
+
+    async fn create_workspace(
+        &self,
+        workspace: &Workspace,
+        event: &NewEvent,
+    ) -> Result<Event, StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        if mem.workspaces.values().any(|w| w.name == workspace.name) {
+            return Err(StoreError::NameTaken {
+                name: workspace.name.to_string(),
+            });
+        }
+        if mem.workspaces.contains_key(&workspace.id) {
+            return Err(StoreError::Conflict {
+                what: format!("workspace {}", workspace.id),
+            });
+        }
+        mem.next_created += 1;
+        let seq = mem.next_created;
+        mem.order.insert(seq, workspace.id.clone());
+        mem.created_seq.insert(workspace.id.clone(), seq);
+        mem.workspaces
+            .insert(workspace.id.clone(), workspace.clone());
+        Ok(append(&mut mem, event))
+    }
+
+    async fn workspace(&self, id: &WorkspaceId) -> Result<Option<Workspace>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem.workspaces.get(id).cloned())
+    }
+
+    async fn workspace_by_name(
+        &self,
+        name: &WorkspaceName,
+    ) -> Result<Option<Workspace>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem.workspaces.values().find(|w| &w.name == name).cloned())
+    }
+
+    async fn list_workspaces(
+        &self,
+        after: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<WorkspacePage, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        let from = match after {
+            Some(id) => match mem.created_seq.get(id) {
+                Some(seq) => seq + 1,
+                None => {
+                    return Err(StoreError::NotFound {
+                        what: format!("cursor {id}"),
+                    });
+                }
+            },
+            None => 0,
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for (_, id) in mem.order.range(from..) {
+            if let Some(ws) = mem.workspaces.get(id) {
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                items.push(ws.clone());
+            }
+        }
+        let next = if more {
+            items.last().map(|w| w.id.clone())
+        } else {
+            None
+        };
+        Ok(WorkspacePage { items, next })
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<Option<Event>, StoreError> {
+        if let Some(e) = self.planned(Call::Commit(Some(commit.workspace.state))) {
+            return Err(e);
+        }
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        let id = &commit.workspace.id;
+        match mem.workspaces.get(id) {
+            None => {
+                return Err(StoreError::NotFound {
+                    what: format!("workspace {id}"),
+                });
+            }
+            Some(current)
+                if current.version != commit.expected_version
+                    || commit.workspace.version != commit.expected_version + 1 =>
+            {
+                return Err(StoreError::Conflict {
+                    what: format!("workspace {id}"),
+                });
+            }
+            Some(_) => {}
+        }
+        mem.workspaces.insert(id.clone(), commit.workspace.clone());
+        if let Some(hash) = &commit.token {
+            mem.tokens
+                .insert(hash.0, (id.clone(), commit.workspace.incarnation));
+        }
+        write_ops(&mut mem, &commit.ops);
+        Ok(commit.event.as_ref().map(|e| append(&mut mem, e)))
+    }
+
+    async fn delete_workspace(
+        &self,
+        id: &WorkspaceId,
+        expected_version: u64,
+        ops: &[Operation],
+        event: &NewEvent,
+    ) -> Result<Event, StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        match mem.workspaces.get(id) {
+            None => {
+                return Err(StoreError::NotFound {
+                    what: format!("workspace {id}"),
+                });
+            }
+            Some(w) if w.version != expected_version => {
+                return Err(StoreError::Conflict {
+                    what: format!("workspace {id}"),
+                });
+            }
+            Some(_) => {}
+        }
+        mem.workspaces.remove(id);
+        if let Some(seq) = mem.created_seq.get(id).copied() {
+            mem.order.remove(&seq);
+        }
+        mem.sessions.retain(|(ws, _), _| ws != id);
+        mem.tokens.retain(|_, (ws, _)| ws != id);
+        write_ops(&mut mem, ops);
+        Ok(append(&mut mem, event))
+    }
+
+    async fn insert_op(&self, op: &Operation) -> Result<(), StoreError> {
+        {
+            let mut mem = self.mem.lock();
+            open(&mem)?;
+            if mem.ops.contains_key(&op.id) {
+                return Err(StoreError::Conflict {
+                    what: format!("operation {}", op.id),
+                });
+            }
+            write_ops(&mut mem, std::slice::from_ref(op));
+        }
+        self.acknowledge().await;
+        Ok(())
+    }
+
+    async fn update_op(&self, op: &Operation) -> Result<(), StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        match mem.ops.get_mut(&op.id) {
+            Some(slot) => {
+                *slot = op.clone();
+                Ok(())
+            }
+            None => Err(StoreError::NotFound {
+                what: format!("operation {}", op.id),
+            }),
+        }
+    }
+
+    async fn op(&self, id: &OpId) -> Result<Option<Operation>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem.ops.get(id).cloned())
+    }
+
+    async fn list_ops(
+        &self,
+        workspace_id: &WorkspaceId,
+        limit: usize,
+    ) -> Result<Vec<Operation>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem
+            .op_order
+            .iter()
+            .rev()
+            .filter_map(|id| mem.ops.get(id))
+            .filter(|o| &o.workspace_id == workspace_id)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn unfinished_ops(&self) -> Result<Vec<Operation>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem
+            .op_order
+            .iter()
+            .filter_map(|id| mem.ops.get(id))
+            .filter(|o| matches!(o.status, OpStatus::Queued | OpStatus::Running))
+            .cloned()
+            .collect())
+    }
+
+    async fn events(
+        &self,
+        after: u64,
+        workspace_id: Option<&WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        let start = mem.events.partition_point(|e| e.seq <= after);
+        Ok(mem.events[start..]
+            .iter()
+            .filter(|e| workspace_id.is_none_or(|w| &e.event.workspace_id == w))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem.events.last().map_or(0, |e| e.seq))
+    }
+
+    async fn insert_session(&self, session: &NewSession) -> Result<Session, StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        if !mem.workspaces.contains_key(&session.workspace_id) {
+            return Err(StoreError::NotFound {
+                what: format!("workspace {}", session.workspace_id),
+            });
+        }
+        let key = (session.workspace_id.clone(), session.name.clone());
+        if mem.sessions.contains_key(&key) {
+            return Err(StoreError::Conflict {
+                what: format!("session {}", session.name),
+            });
+        }
+        mem.next_generation += 1;
+        let row = Session {
+            workspace_id: session.workspace_id.clone(),
+            name: session.name.clone(),
+            command: session.command.clone(),
+            env: session.env.clone(),
+            generation: Generation(mem.next_generation),
+            created_at: session.created_at,
+            state: SessionState::Running,
+            exit_code: None,
+        };
+        mem.sessions.insert(key, row.clone());
+        Ok(row)
+    }
+
+    async fn update_session(&self, session: &Session) -> Result<(), StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        match mem
+            .sessions
+            .get_mut(&(session.workspace_id.clone(), session.name.clone()))
+        {
+            Some(row) if row.generation == session.generation => {
+                *row = session.clone();
+                Ok(())
+            }
+            _ => Err(StoreError::NotFound {
+                what: format!("session {} generation {}", session.name, session.generation),
+            }),
+        }
+    }
+
+    async fn delete_session(
+        &self,
+        workspace_id: &WorkspaceId,
+        name: &SessionName,
+        generation: Generation,
+    ) -> Result<bool, StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        let key = (workspace_id.clone(), name.clone());
+        if mem
+            .sessions
+            .get(&key)
+            .is_some_and(|s| s.generation == generation)
+        {
+            mem.sessions.remove(&key);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn sessions(&self, workspace_id: &WorkspaceId) -> Result<Vec<Session>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem
+            .sessions
+            .iter()
+            .filter(|((ws, _), _)| ws == workspace_id)
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+
+    async fn token_owner(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<(WorkspaceId, Incarnation)>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem.tokens.get(&hash.0).cloned())
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+        result: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        if let Some(found) = mem.idempotency.get(key) {
+            return Ok(Some(found.clone()));
+        }
+        mem.idempotency
+            .insert(key.to_owned(), (request_hash.to_owned(), result.to_owned()));
+        Ok(None)
+    }
+
+    async fn close(&self) {
+        self.mem.lock().closed = true;
+    }
+}

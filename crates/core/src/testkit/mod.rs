@@ -1,0 +1,60 @@
+//! Fakes and conformance suites for berth's ports (feature `testkit`).
+//!
+//! Used by every adapter crate and by other teams embedding the engine:
+//! [`MemoryStore`], [`FakeRuntime`] (scripted delays, failures, hangs, breakpoints and
+//! planned failures), [`RecordingReporter`], [`TestClock`], the suites
+//! [`store_contract`] and [`runtime_contract`], and [`assert_no_engine_tasks`].
+
+mod breakpoints;
+mod clock;
+mod fake_runtime;
+mod memory_store;
+mod recording;
+mod runtime_contract;
+mod store_contract;
+
+pub use breakpoints::{Breakpoint, Breakpoints};
+pub use clock::TestClock;
+pub use fake_runtime::{FakeCall, FakeProcess, FakeRuntime, LaunchRecord, Plan};
+pub use memory_store::MemoryStore;
+pub use recording::{RecordingReporter, RecordingSink};
+pub use runtime_contract::{ContractProgram, RuntimeHarness, runtime_contract};
+pub use store_contract::store_contract;
+
+use std::time::Duration;
+
+use crate::Engine;
+
+/// Shuts the engine down and asserts that no task it spawned is alive. Every engine
+/// test ends with this.
+///
+/// # Panics
+/// When a task outlived shutdown.
+pub async fn assert_no_engine_tasks(engine: &Engine) {
+    engine.shutdown().await;
+    assert_eq!(engine.live_tasks(), 0, "engine tasks alive after shutdown");
+}
+
+/// Waits until `check` returns true, polling every 10 ms, or panics after `deadline`.
+/// For conditions that settle asynchronously (a process exiting); never a sleep in
+/// place of a condition.
+///
+/// # Panics
+/// When the condition does not hold within `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let limit = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

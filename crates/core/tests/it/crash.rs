@@ -1,0 +1,246 @@
+//! Crash windows, deterministic through breakpoints and planned failures (item 12).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::Engine;
+use berth_core::ids::{Incarnation, RuntimeKind, WorkspaceName};
+use berth_core::merge::OpKind;
+use berth_core::model::{Actor, CreateWorkspace, OpStatus};
+use berth_core::ports::{ProcessStatus, RuntimeError, StoreError};
+use berth_core::state::State;
+use berth_core::testkit::{FakeCall, FakeRuntime, MemoryStore, Plan, RecordingReporter, TestClock};
+
+use crate::support::{Rig, config};
+
+/// Runs an engine on its own runtime on another thread until `name` is reached, then
+/// drops that runtime: every engine task dies where it stands, as in a `kill -9`.
+fn crash_at(
+    store: Arc<MemoryStore>,
+    rt: Arc<FakeRuntime>,
+    point: String,
+) -> berth_core::ids::WorkspaceId {
+    let held = rt.breakpoints().hold(&point);
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let id = runtime.block_on(async move {
+            let clock = Arc::new(TestClock::new());
+            let engine = Engine::builder()
+                .store(store)
+                .runtime(rt)
+                .reporter(Arc::new(RecordingReporter::default()))
+                .clock(clock)
+                .config(config())
+                .build()
+                .await
+                .unwrap();
+            let ws = engine
+                .create(CreateWorkspace {
+                    name: WorkspaceName::parse("victim").unwrap(),
+                    runtime: RuntimeKind::parse("fake").unwrap(),
+                    spec: Default::default(),
+                    actor: Actor::Api,
+                })
+                .await
+                .unwrap();
+            let _ticket = engine.start(&ws.id, Actor::Api).await.unwrap();
+            held.reached(1).await;
+            ws.id
+        });
+        drop(runtime);
+        id
+    });
+    thread.join().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_the_launch_before_the_running_commit_is_adopted_at_boot() {
+    let clock = Arc::new(TestClock::new());
+    let store = Arc::new(MemoryStore::new());
+    let rt = Arc::new(FakeRuntime::new(clock.clone()));
+    let id = crash_at(store.clone(), rt.clone(), "launch.created".into());
+    assert_eq!(
+        store.all_workspaces()[0].state,
+        State::Starting,
+        "the crash left it starting"
+    );
+    rt.breakpoints().hold("launch.created").release();
+
+    let rig = Rig::on(store, rt, clock, config()).await;
+    let report = rig.engine.recovery_report().unwrap();
+    assert_eq!(
+        (
+            report.adopted,
+            report.ops_interrupted,
+            report.still_transitional
+        ),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    let ws = rig.engine.workspace(&id).await.unwrap();
+    assert_eq!((ws.state, ws.incarnation), (State::Running, Incarnation(1)));
+    let procs = rig.rt.processes();
+    assert_eq!(procs.len(), 1, "adopted, not duplicated");
+    assert_eq!(
+        (procs[0].incarnation, procs[0].status),
+        (Incarnation(1), ProcessStatus::Running)
+    );
+    assert!(rig.store.all_ops().iter().all(|o| o.status.is_terminal()));
+    assert_eq!(rig.store.all_ops()[0].status, OpStatus::Interrupted);
+    rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_before_the_launch_leaves_no_transitional_state_after_boot() {
+    let clock = Arc::new(TestClock::new());
+    let store = Arc::new(MemoryStore::new());
+    let rt = Arc::new(FakeRuntime::new(clock.clone()));
+    let id = crash_at(store.clone(), rt.clone(), "launch".into());
+    rt.breakpoints().hold("launch").release();
+    let rig = Rig::on(store, rt, clock, config()).await;
+    let ws = rig.engine.workspace(&id).await.unwrap();
+    assert_eq!(
+        ws.state,
+        State::Failed,
+        "no live resource: the start failed as interrupted"
+    );
+    assert!(rig.rt.processes().is_empty());
+    // A later start works.
+    let op = rig.op(OpKind::Start, &id).await;
+    assert_eq!(
+        (op.status, op.incarnation),
+        (OpStatus::Succeeded, Some(Incarnation(2)))
+    );
+    rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_running_commit_is_finished_by_the_reconciler() {
+    let rig = Rig::new().await;
+    let ws = rig.create("a").await;
+    rig.store.fail_commit_to(
+        State::Running,
+        StoreError::Unavailable {
+            message: "disk full".into(),
+        },
+    );
+    let op = rig.op(OpKind::Start, &ws.id).await;
+    assert_eq!(op.status, OpStatus::Failed);
+    assert_eq!(
+        rig.state(&ws).await,
+        State::Starting,
+        "the row never committed"
+    );
+    let report = rig.engine.reconcile().await;
+    assert_eq!(report.transitional_finished, 1);
+    assert_eq!(
+        rig.state(&ws).await,
+        State::Running,
+        "the live resource of that incarnation is adopted"
+    );
+    assert_eq!(rig.rt.processes().len(), 1);
+    rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resource_the_record_does_not_own_is_removed_after_the_grace_period() {
+    let rig = Rig::new().await;
+    let ws = rig.create("a").await;
+    // The runtime creates the container but answers with an error, and the cleanup fails.
+    rig.rt.plan(
+        FakeCall::Launch,
+        Plan::SucceedThenFail(RuntimeError::Other {
+            resource: "fake".into(),
+            message: "connection reset".into(),
+        }),
+    );
+    rig.rt.plan(
+        FakeCall::Remove,
+        Plan::Fail(RuntimeError::Other {
+            resource: "fake".into(),
+            message: "connection reset".into(),
+        }),
+    );
+    let op = rig.op(OpKind::Start, &ws.id).await;
+    assert_eq!(op.status, OpStatus::Failed);
+    assert_eq!(rig.state(&ws).await, State::Failed);
+    assert_eq!(
+        rig.rt.live_mains(&ws.id).len(),
+        1,
+        "the leaked resource runs"
+    );
+    let report = rig.engine.reconcile().await;
+    assert_eq!(
+        (report.orphans_kept, report.orphans_removed),
+        (1, 0),
+        "too young to remove"
+    );
+    rig.clock.advance(Duration::from_secs(61));
+    let report = rig.engine.reconcile().await;
+    assert_eq!(report.orphans_removed, 1, "{report:?}");
+    assert!(rig.rt.processes().is_empty());
+    assert!(
+        rig.store
+            .all_workspaces()
+            .iter()
+            .all(|w| !w.state.is_transitional())
+    );
+    rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_stop_and_delete_are_finished_at_boot() {
+    let mut cfg = config();
+    cfg.drain_deadline = Duration::from_secs(1);
+    let rig = Rig::with(cfg).await;
+    let stopping = rig.running("stopping").await;
+    let deleting = rig.running("deleting").await;
+    rig.rt.plan(FakeCall::Stop, Plan::Hang);
+    rig.rt.plan(FakeCall::Stop, Plan::Hang);
+    let _a = rig.engine.stop(&stopping.id, Actor::Api).await.unwrap();
+    let _b = rig
+        .engine
+        .delete(&deleting.id, true, Actor::Api)
+        .await
+        .unwrap();
+    berth_core::testkit::wait_until("both stops to hang", Duration::from_secs(1), || async {
+        rig.rt.calls(FakeCall::Stop) == 2
+    })
+    .await;
+    let report = rig.engine.shutdown().await;
+    assert!(!report.drained);
+    assert_eq!(
+        rig.store
+            .all_workspaces()
+            .iter()
+            .map(|w| w.state)
+            .collect::<Vec<_>>(),
+        vec![State::Stopping, State::Deleting]
+    );
+    let rig = rig.restart_engine().await;
+    let recovery = rig.engine.recovery_report().unwrap();
+    assert_eq!(
+        (
+            recovery.stops_finished,
+            recovery.deletes_finished,
+            recovery.still_transitional
+        ),
+        (1, 1, 0),
+        "{recovery:?}"
+    );
+    assert_eq!(rig.state(&stopping).await, State::Stopped);
+    assert!(rig.engine.workspace(&deleting.id).await.is_err());
+    assert!(
+        rig.rt.live_mains(&stopping.id).is_empty()
+            && rig
+                .rt
+                .processes()
+                .iter()
+                .all(|p| p.workspace_id != deleting.id)
+    );
+    rig.finish().await;
+}

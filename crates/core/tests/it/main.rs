@@ -1,0 +1,14 @@
+//! berth-core's integration tests: the engine against the fakes, the conformance suites
+//! against the reference fakes, and a model-based property test.
+
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod contracts;
+mod crash;
+mod lifecycle;
+mod model;
+mod reconcile;
+mod sessions;
+mod shutdown;
+mod support;

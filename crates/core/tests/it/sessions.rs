@@ -1,0 +1,248 @@
+//! Sessions: one process per name, refused while stopping or deleting (items 9–10).
+
+use std::time::Duration;
+
+use berth_core::engine::EngineError;
+use berth_core::ids::SessionName;
+use berth_core::model::{Actor, OpStatus};
+use berth_core::state::State;
+use berth_core::testkit::{FakeCall, wait_until};
+
+use crate::support::Rig;
+
+fn name(n: &str) -> SessionName {
+    SessionName::parse(n).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_launches_are_refused_while_stopping_or_deleting_but_not_elsewhere() {
+    let rig = Rig::new().await;
+    let a = rig.running("a").await;
+    let b = rig.running("b").await;
+    // Stopping.
+    let held = rig.rt.breakpoints().hold(&format!("stop:{}", a.id));
+    let stop = rig.engine.stop(&a.id, Actor::Api).await.unwrap();
+    held.reached(1).await;
+    match rig
+        .engine
+        .launch_session(
+            &a.id,
+            name("shell"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+        .await
+    {
+        Err(EngineError::WorkspaceStopping { .. }) => {}
+        other => panic!("launch while stopping must be refused, got {other:?}"),
+    }
+    let on_b = rig
+        .engine
+        .launch_session(
+            &b.id,
+            name("shell"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+        .await;
+    assert!(on_b.is_ok(), "another workspace is not affected: {on_b:?}");
+    held.release();
+    stop.wait().await.unwrap();
+    // Not running at all.
+    match rig
+        .engine
+        .launch_session(
+            &a.id,
+            name("shell"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+        .await
+    {
+        Err(EngineError::InvalidTransition {
+            from: State::Stopped,
+            ..
+        }) => {}
+        other => panic!("launch in a stopped workspace must be invalid, got {other:?}"),
+    }
+    // Deleting (held in its preflight).
+    let held = rig.rt.breakpoints().hold(&format!("dirty_check:{}", b.id));
+    let delete = rig.engine.delete(&b.id, false, Actor::Api).await.unwrap();
+    held.reached(1).await;
+    match rig
+        .engine
+        .launch_session(
+            &b.id,
+            name("other"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+        .await
+    {
+        Err(EngineError::WorkspaceDeleting { .. }) => {}
+        other => panic!("launch while deleting must be refused, got {other:?}"),
+    }
+    held.release();
+    assert_eq!(delete.wait().await.unwrap().status, OpStatus::Succeeded);
+    assert!(rig.rt.processes().iter().all(|p| p.workspace_id != b.id));
+    rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn twelve_concurrent_launches_of_one_name_run_one_process() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    rig.rt
+        .set_delay(FakeCall::LaunchSession, Duration::from_millis(50));
+    let launches = (0..12).map(|_| {
+        rig.engine.launch_session(
+            &ws.id,
+            name("agent"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+    });
+    let results = crate::shutdown::futures_all(launches.collect()).await;
+    let generations: std::collections::BTreeSet<_> = results
+        .into_iter()
+        .map(|r| r.expect("every caller gets the session").generation)
+        .collect();
+    assert_eq!(generations.len(), 1, "one session for all callers");
+    assert_eq!(rig.rt.live_sessions(&ws.id).len(), 1, "one process");
+    assert_eq!(rig.rt.calls(FakeCall::LaunchSession), 1);
+    // Launching the running name again returns it without a new process.
+    let again = rig
+        .engine
+        .launch_session(
+            &ws.id,
+            name("agent"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(generations.contains(&again.generation));
+    assert_eq!(rig.rt.calls(FakeCall::LaunchSession), 1);
+    rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_waits_for_an_in_flight_session_launch_and_stops_it_too() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    let held = rig
+        .rt
+        .breakpoints()
+        .hold(&format!("launch_session:{}", ws.id));
+    let engine = rig.engine.clone();
+    let id = ws.id.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let launching = async move {
+        let r = engine
+            .launch_session(&id, name("agent"), vec!["sleep".into()], Default::default())
+            .await;
+        let _ = tx.send(r);
+    };
+    let driver = async {
+        held.reached(1).await;
+        let stop = rig.engine.stop(&ws.id, Actor::Api).await.unwrap();
+        wait_until("the stop to begin", Duration::from_secs(1), || async {
+            rig.state(&ws).await == State::Stopping
+        })
+        .await;
+        // Give the stop every chance to run ahead; it must keep waiting for the launch.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            rig.rt.calls(FakeCall::Stop),
+            0,
+            "stop ran while a session launch was in flight"
+        );
+        held.release();
+        stop.wait().await.unwrap()
+    };
+    let ((), stop) = tokio::join!(launching, driver);
+    assert_eq!(stop.status, OpStatus::Succeeded);
+    let launched = rx.await.unwrap().expect("the in-flight launch completed");
+    assert_eq!(launched.name, name("agent"));
+    assert!(
+        rig.rt.live_sessions(&ws.id).is_empty(),
+        "the late session was stopped too"
+    );
+    assert!(
+        rig.engine.sessions(&ws.id).await.unwrap().is_empty(),
+        "its row is gone"
+    );
+    assert_eq!(rig.state(&ws).await, State::Stopped);
+    rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_a_session_forgets_it_and_unknown_sessions_are_not_found() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    rig.engine
+        .launch_session(
+            &ws.id,
+            name("agent"),
+            vec!["echo".into(), "hello".into()],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rig.engine
+            .output(&ws.id, Some(&name("agent")), 10)
+            .await
+            .unwrap(),
+        vec!["hello".to_owned()]
+    );
+    rig.engine
+        .stop_session(&ws.id, &name("agent"))
+        .await
+        .unwrap();
+    assert!(rig.rt.live_sessions(&ws.id).is_empty());
+    assert!(matches!(
+        rig.engine.stop_session(&ws.id, &name("agent")).await,
+        Err(EngineError::NotFound { .. })
+    ));
+    assert!(matches!(
+        rig.engine.output(&ws.id, Some(&name("agent")), 10).await,
+        Err(EngineError::NotFound { .. })
+    ));
+    rig.finish().await;
+}
+
+/// Regression (review): the first caller of a session launch went away mid-launch and
+/// the launch stayed registered, so every later stop waited for it forever.
+#[tokio::test(start_paused = true)]
+async fn a_session_launch_whose_caller_went_away_does_not_block_a_stop() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    let held = rig
+        .rt
+        .breakpoints()
+        .hold(&format!("launch_session:{}", ws.id));
+    let launch = rig.engine.launch_session(
+        &ws.id,
+        name("agent"),
+        vec!["sleep".into()],
+        Default::default(),
+    );
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), launch).await;
+    assert!(
+        gave_up.is_err(),
+        "the caller gave up while the launch was held"
+    );
+    held.release();
+    let stop = rig
+        .engine
+        .stop(&ws.id, Actor::Api)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(stop.status, OpStatus::Succeeded);
+    assert_eq!(rig.state(&ws).await, State::Stopped);
+    rig.finish().await;
+}

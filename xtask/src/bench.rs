@@ -1,0 +1,623 @@
+//! `cargo xtask bench`: the benchmarks of `targets.md`, each a ratio against a baseline
+//! measured in the same run, medians of several runs. Writes `BENCHMARKS.md` and
+//! `target/bench/results.json`.
+//!
+//! P1 (engine overhead): create→start→stop→delete cycles through the engine with a
+//! no-op runtime and the real SQLite store, against raw single-row SQLite commits with
+//! the same pragmas. Each run uses fresh files under `target/bench/tmp`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use berth_core::Engine;
+use berth_core::engine::EngineConfig;
+use berth_core::ids::{EngineId, RuntimeKind, WorkspaceId, WorkspaceName};
+use berth_core::model::{Actor, CreateWorkspace, OpStatus};
+use berth_core::ports::{
+    CaptureTarget, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime, ResourceRef,
+    RuntimeError, SessionLaunch, SessionRef, Store, WorkspaceRef,
+};
+use berth_core::reporter::QueueReporter;
+use berth_sqlite::{SqliteOptions, SqliteStore};
+use serde_json::json;
+
+/// State changes (events) in one create→start→stop→delete cycle.
+const TRANSITIONS_PER_CYCLE: u32 = 7;
+
+struct Row {
+    id: &'static str,
+    case: String,
+    berth: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: String,
+    verdict: String,
+    extra: serde_json::Value,
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    if cfg!(debug_assertions) {
+        // Measure optimised code only.
+        let mut forwarded = vec![
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "bench",
+        ];
+        forwarded.extend(args.iter().map(String::as_str));
+        return crate::run(root, "cargo", &forwarded);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let rows = runtime
+        .block_on(async {
+            vec![
+                p1(root, quick).await,
+                p2(root, quick).await,
+                p4(root, quick).await,
+                p6(root, quick).await,
+            ]
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    write_results(root, &rows, quick)
+}
+
+/// The engine P1 measures: no-op runtime (launch and stop take no time).
+async fn engine(store: Arc<dyn Store>) -> Result<Engine> {
+    engine_with(store, Arc::new(MemoryRuntime::new(Duration::ZERO))).await
+}
+
+/// One create→start→stop→delete cycle of workspace `name`; every op must succeed.
+async fn full_cycle(
+    engine: &Engine,
+    name: &str,
+    runtime: &str,
+    spec: berth_core::model::WorkspaceSpec,
+) -> Result<()> {
+    let ws = engine
+        .create(CreateWorkspace {
+            name: WorkspaceName::parse(name)?,
+            runtime: RuntimeKind::parse(runtime)?,
+            spec,
+            actor: Actor::Api,
+        })
+        .await?;
+    let op = engine.start(&ws.id, Actor::Api).await?.wait().await?;
+    anyhow::ensure!(op.status == OpStatus::Succeeded, "start failed: {op:?}");
+    let op = engine.stop(&ws.id, Actor::Api).await?.wait().await?;
+    anyhow::ensure!(op.status == OpStatus::Succeeded, "stop failed: {op:?}");
+    let op = engine
+        .delete(&ws.id, true, Actor::Api)
+        .await?
+        .wait()
+        .await?;
+    anyhow::ensure!(op.status == OpStatus::Succeeded, "delete failed: {op:?}");
+    Ok(())
+}
+
+async fn cycles(engine: &Engine, worker: usize, n: usize) -> Result<()> {
+    for i in 0..n {
+        full_cycle(
+            engine,
+            &format!("w{worker}-{i}"),
+            "noop",
+            Default::default(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Engine cycles, `workers` concurrent sequences of `per_worker` cycles; returns seconds.
+async fn time_cycles(dir: &Path, workers: usize, per_worker: usize) -> Result<f64> {
+    let store = SqliteStore::open(
+        dir.join(format!("engine-{workers}-{per_worker}-{}.db", fresh())),
+        SqliteOptions::default(),
+    )
+    .await?;
+    let engine = engine(Arc::new(store)).await?;
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let e = engine.clone();
+        set.spawn(async move { cycles(&e, w, per_worker).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    engine.shutdown().await;
+    Ok(secs)
+}
+
+/// The baseline: `n` committed single-row SQLite transactions with the store's pragmas
+/// (WAL, synchronous=NORMAL, busy timeout, foreign keys), no engine.
+async fn time_raw_commits(dir: &Path, n: u32) -> Result<f64> {
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+    let options = SqliteConnectOptions::new()
+        .filename(dir.join(format!("raw-{}.db", fresh())))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .execute(&pool)
+        .await?;
+    sqlx::query("INSERT INTO t (id, v) VALUES (1, '')")
+        .execute(&pool)
+        .await?;
+    let started = Instant::now();
+    for i in 0..n {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE t SET v = ? WHERE id = 1")
+            .bind(i.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    pool.close().await;
+    Ok(secs)
+}
+
+fn fresh() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn p1(root: &Path, quick: bool) -> Result<Row> {
+    let dir = root.join("target/bench/tmp");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let runs = if quick { 3 } else { 5 };
+    let sequential = if quick { 300 } else { 2_000 };
+    let (workers, per_worker) = if quick { (8, 100) } else { (8, 1_000) };
+    let mut per_transition = Vec::new();
+    let mut raw_commit = Vec::new();
+    let mut throughput = Vec::new();
+    for _ in 0..runs {
+        let secs = time_cycles(&dir, 1, sequential).await?;
+        per_transition.push(secs / f64::from(sequential as u32 * TRANSITIONS_PER_CYCLE));
+        let n = sequential as u32 * TRANSITIONS_PER_CYCLE;
+        raw_commit.push(time_raw_commits(&dir, n).await? / f64::from(n));
+        let secs = time_cycles(&dir, workers, per_worker).await?;
+        throughput.push((workers * per_worker) as f64 / secs);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (t, b, cps) = (
+        median(per_transition),
+        median(raw_commit),
+        median(throughput),
+    );
+    let ratio = t / b;
+    // What raw commits alone would allow: one cycle is 7 transitions.
+    let raw_ceiling = 1.0 / (b * f64::from(TRANSITIONS_PER_CYCLE));
+    let verdict = match (ratio <= 2.0, cps >= 2_000.0) {
+        (true, true) => "pass",
+        (false, true) => "FAIL (ratio above 2×)",
+        (true, false) => "FAIL (below 2,000 cycles/s)",
+        (false, false) => "FAIL (ratio above 2×; below 2,000 cycles/s)",
+    };
+    Ok(Row {
+        id: "P1",
+        case: "engine overhead: create→start→stop→delete, no-op runtime, SQLite store".into(),
+        berth: format!(
+            "{:.2} µs/transition; {:.0} cycles/s (8 concurrent)",
+            t * 1e6,
+            cps
+        ),
+        baseline: format!(
+            "{:.2} µs/raw single-row SQLite commit (≈ {raw_ceiling:.0} cycles/s if a cycle cost only its 7 raw commits)",
+            b * 1e6
+        ),
+        ratio: Some(ratio),
+        target: "≤ 2× one raw commit; ≥ 2,000 cycles/s".into(),
+        verdict: verdict.into(),
+        extra: json!({ "per_transition_us": t * 1e6, "raw_commit_us": b * 1e6, "cycles_per_sec": cps, "raw_commit_ceiling_cycles_per_sec": raw_ceiling, "runs": runs, "store": "sqlite (WAL, synchronous=NORMAL)" }),
+    })
+}
+
+async fn tmux(socket: &Path, args: &[&str]) -> Result<()> {
+    let out = tokio::process::Command::new("tmux")
+        .arg("-S")
+        .arg(socket)
+        .arg("-f")
+        .arg("/dev/null")
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// P2: a tmux workspace through berth (engine, SQLite store, tmux runtime):
+/// create+start then stop+delete, against `tmux new-session -d` + `tmux kill-session`
+/// by CLI. Both servers are kept warm by an idle session.
+async fn p2(root: &Path, quick: bool) -> Result<Row> {
+    use berth_tmux::{TmuxConfig, TmuxRuntime};
+    let dir = root.join("target/bench/tmp-p2");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cycles = if quick { 10 } else { 40 };
+    let raw_sock = dir.join("raw.sock");
+    tmux(
+        &raw_sock,
+        &["new-session", "-d", "-s", "keep", "sleep 3600"],
+    )
+    .await?;
+    let mut raw = Vec::new();
+    for i in 0..cycles {
+        let name = format!("raw-{i}");
+        let started = Instant::now();
+        tmux(&raw_sock, &["new-session", "-d", "-s", &name, "sleep 3600"]).await?;
+        tmux(&raw_sock, &["kill-session", "-t", &format!("={name}")]).await?;
+        raw.push(started.elapsed().as_secs_f64());
+    }
+    let _ = tmux(&raw_sock, &["kill-server"]).await;
+
+    let data = dir.join("berth");
+    let runtime = Arc::new(TmuxRuntime::new(TmuxConfig::new(&data)));
+    let store = Arc::new(SqliteStore::open_in(&data, SqliteOptions::default()).await?);
+    let config = EngineConfig {
+        reconcile_period: None,
+        stop_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::builder()
+        .store(store)
+        .runtime(runtime.clone())
+        .reporter(Arc::new(QueueReporter::new(1 << 16, vec![])))
+        .config(config)
+        .build()
+        .await?;
+    tmux(
+        runtime.socket(),
+        &["new-session", "-d", "-s", "keep", "sleep 3600"],
+    )
+    .await?;
+    let mut berth = Vec::new();
+    for i in 0..cycles {
+        let spec = berth_core::model::WorkspaceSpec {
+            command: vec!["sleep".into(), "3600".into()],
+            ..Default::default()
+        };
+        let started = Instant::now();
+        full_cycle(&engine, &format!("p2-{i}"), "tmux", spec).await?;
+        berth.push(started.elapsed().as_secs_f64());
+    }
+    engine.shutdown().await;
+    let _ = tmux(runtime.socket(), &["kill-server"]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (b, r) = (median(berth), median(raw));
+    let ratio = b / r;
+    let verdict = if ratio <= 0.6 {
+        "pass (stretch met)"
+    } else if ratio <= 1.0 {
+        "pass"
+    } else {
+        "FAIL (above 1.0×)"
+    };
+    Ok(Row {
+        id: "P2",
+        case: "tmux workspace: create+start, stop+delete (engine, SQLite store, tmux runtime)"
+            .into(),
+        berth: format!("{:.2} ms/cycle", b * 1e3),
+        baseline: format!(
+            "{:.2} ms/cycle (`tmux new-session -d` + `tmux kill-session`)",
+            r * 1e3
+        ),
+        ratio: Some(ratio),
+        target: "≤ 1.0×; stretch ≤ 0.6×".into(),
+        verdict: verdict.into(),
+        extra: json!({ "berth_ms": b * 1e3, "raw_cli_ms": r * 1e3, "cycles": cycles }),
+    })
+}
+
+/// The benchmarks' runtime: it remembers what it launched (so reconciliation sees it),
+/// takes `delay` per launch and per stop (zero: the no-op runtime of P1 and P6), and
+/// counts launches.
+#[derive(Debug)]
+struct MemoryRuntime {
+    delay: Duration,
+    live: parking_lot::Mutex<std::collections::HashMap<WorkspaceId, berth_core::ids::Incarnation>>,
+    launches: std::sync::atomic::AtomicUsize,
+}
+
+impl MemoryRuntime {
+    fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            live: Default::default(),
+            launches: Default::default(),
+        }
+    }
+
+    /// Takes `delay`; a zero delay returns at once (a zero sleep still waits for a
+    /// timer tick).
+    async fn pause(&self) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
+}
+
+#[async_trait]
+impl ProcessRuntime for MemoryRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::parse("noop").unwrap_or_else(|_| unreachable!("a valid name"))
+    }
+    async fn prepare(&self, _: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
+        Ok(None)
+    }
+    async fn launch(&self, r: &LaunchRequest) -> Result<(), RuntimeError> {
+        self.pause().await;
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.live
+            .lock()
+            .insert(r.resource.workspace_id.clone(), r.resource.incarnation);
+        Ok(())
+    }
+    async fn stop(&self, r: &ResourceRef, _: Duration) -> Result<(), RuntimeError> {
+        self.pause().await;
+        self.live.lock().remove(&r.workspace_id);
+        Ok(())
+    }
+    async fn remove(&self, r: &ResourceRef) -> Result<(), RuntimeError> {
+        self.live.lock().remove(&r.workspace_id);
+        Ok(())
+    }
+    async fn cleanup(&self, _: &WorkspaceRef) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn inspect(
+        &self,
+        _: &EngineId,
+        w: &WorkspaceId,
+    ) -> Result<Option<OwnedResource>, RuntimeError> {
+        Ok(self.live.lock().get(w).map(|i| owned(w, *i)))
+    }
+    async fn list_owned(&self, _: &EngineId) -> Result<Vec<OwnedResource>, RuntimeError> {
+        Ok(self.live.lock().iter().map(|(w, i)| owned(w, *i)).collect())
+    }
+    async fn launch_session(&self, _: &SessionLaunch) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn stop_session(&self, _: &SessionRef, _: Duration) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn capture(&self, _: &CaptureTarget, _: usize) -> Result<Vec<String>, RuntimeError> {
+        Ok(vec![])
+    }
+    async fn dirty_check(&self, _: &WorkspaceRef) -> Result<DirtyReport, RuntimeError> {
+        Ok(DirtyReport::Clean)
+    }
+}
+
+fn owned(w: &WorkspaceId, i: berth_core::ids::Incarnation) -> OwnedResource {
+    OwnedResource {
+        workspace_id: w.clone(),
+        incarnation: i,
+        kind: berth_core::ports::ResourceKind::Main,
+        created_at: chrono::Utc::now(),
+        status: berth_core::ports::ProcessStatus::Running,
+    }
+}
+
+async fn engine_with(store: Arc<dyn Store>, runtime: Arc<MemoryRuntime>) -> Result<Engine> {
+    let config = EngineConfig {
+        reconcile_period: None,
+        ..EngineConfig::default()
+    };
+    Ok(Engine::builder()
+        .store(store)
+        .runtime(runtime)
+        .reporter(Arc::new(QueueReporter::new(1 << 16, vec![])))
+        .config(config)
+        .build()
+        .await?)
+}
+
+/// P4: 100 concurrent restarts of one workspace against one restart, runtime stop and
+/// launch taking 20 ms each, SQLite store.
+async fn p4(root: &Path, quick: bool) -> Result<Row> {
+    let dir = root.join("target/bench/tmp-p4");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let runs = if quick { 3 } else { 5 };
+    let (mut single, mut storm, mut cycles) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let runtime = Arc::new(MemoryRuntime::new(Duration::from_millis(20)));
+        let store = Arc::new(
+            SqliteStore::open(dir.join(format!("p4-{run}.db")), SqliteOptions::default()).await?,
+        );
+        let engine = engine_with(store, runtime.clone()).await?;
+        let ws = engine
+            .create(CreateWorkspace {
+                name: WorkspaceName::parse("storm")?,
+                runtime: RuntimeKind::parse("noop")?,
+                spec: Default::default(),
+                actor: Actor::Api,
+            })
+            .await?;
+        engine.start(&ws.id, Actor::Api).await?.wait().await?;
+        let started = Instant::now();
+        engine.restart(&ws.id, Actor::Api).await?.wait().await?;
+        single.push(started.elapsed().as_secs_f64());
+        let before = runtime.launches.load(std::sync::atomic::Ordering::SeqCst);
+        let started = Instant::now();
+        let mut tickets = Vec::new();
+        for _ in 0..100 {
+            tickets.push(engine.restart(&ws.id, Actor::Api).await?);
+        }
+        for t in tickets {
+            let op = t.wait().await?;
+            anyhow::ensure!(op.status == OpStatus::Succeeded, "restart failed: {op:?}");
+        }
+        storm.push(started.elapsed().as_secs_f64());
+        cycles.push((runtime.launches.load(std::sync::atomic::Ordering::SeqCst) - before) as f64);
+        engine.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (s1, s100, c) = (median(single), median(storm), median(cycles));
+    let ratio = s100 / s1;
+    let verdict = if c <= 2.0 && ratio <= 2.2 {
+        "pass"
+    } else {
+        "FAIL"
+    };
+    Ok(Row {
+        id: "P4",
+        case: "restart storm: 100 concurrent restarts of one workspace (runtime stop/launch 20 ms each, SQLite)".into(),
+        berth: format!("{:.1} ms wall, {c:.0} runtime cycles", s100 * 1e3),
+        baseline: format!("{:.1} ms (one restart)", s1 * 1e3),
+        ratio: Some(ratio),
+        target: "≤ 2 runtime cycles; wall ≤ 2.2×".into(),
+        verdict: verdict.into(),
+        extra: json!({ "storm_ms": s100 * 1e3, "single_ms": s1 * 1e3, "runtime_cycles": c }),
+    })
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// P6: 10,000 running workspaces (no-op runtime that lists what it launched, SQLite):
+/// RSS, one reconcile pass, boot recovery.
+async fn p6(root: &Path, quick: bool) -> Result<Row> {
+    let dir = root.join("target/bench/tmp-p6");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let n = if quick { 2_000 } else { 10_000 };
+    let runtime = Arc::new(MemoryRuntime::new(Duration::ZERO));
+    let path = dir.join("p6.db");
+    let store = Arc::new(SqliteStore::open(&path, SqliteOptions::default()).await?);
+    let engine = engine_with(store, runtime.clone()).await?;
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let e = engine.clone();
+        set.spawn(async move {
+            for i in (w..n).step_by(8) {
+                let ws = e
+                    .create(CreateWorkspace {
+                        name: WorkspaceName::parse(&format!("s{i}"))?,
+                        runtime: RuntimeKind::parse("noop")?,
+                        spec: Default::default(),
+                        actor: Actor::Api,
+                    })
+                    .await?;
+                e.start(&ws.id, Actor::Api).await?.wait().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let rss = rss_mib();
+    let mut passes = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let report = engine.reconcile().await;
+        passes.push(started.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            report.missing == 0 && report.listing_failures == 0,
+            "reconcile changed things: {report:?}"
+        );
+    }
+    engine.shutdown().await;
+    let started = Instant::now();
+    let store = Arc::new(SqliteStore::open(&path, SqliteOptions::default()).await?);
+    let again = engine_with(store, runtime).await?;
+    let boot = started.elapsed().as_secs_f64();
+    again.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let pass = median(passes);
+    let ok = rss < 150.0 && pass < 0.5 && boot < 2.0;
+    Ok(Row {
+        id: "P6",
+        case: format!("scale: {n} running workspaces, no-op runtime, SQLite"),
+        berth: format!(
+            "RSS {rss:.0} MiB; reconcile pass {:.0} ms; boot recovery {:.0} ms",
+            pass * 1e3,
+            boot * 1e3
+        ),
+        baseline: "—".into(),
+        ratio: None,
+        target: "RSS < 150 MiB; pass < 0.5 s; boot < 2 s".into(),
+        verdict: if ok { "pass" } else { "FAIL" }.into(),
+        extra: json!({ "workspaces": n, "rss_mib": rss, "reconcile_pass_ms": pass * 1e3, "boot_recovery_ms": boot * 1e3 }),
+    })
+}
+
+fn write_results(root: &Path, rows: &[Row], quick: bool) -> Result<()> {
+    let mut md = String::from(
+        "# Benchmarks\n\nWritten by `cargo xtask bench` (release build, medians of several runs, every figure a ratio against a baseline measured in the same run on the same machine). Targets: `../shared/design/targets.md`.\n\n| case | berth median | baseline median | ratio | target | verdict |\n|---|---|---|---|---|---|\n",
+    );
+    let mut results = BTreeMap::new();
+    for r in rows {
+        let ratio = r
+            .ratio
+            .map_or_else(|| "—".to_owned(), |x| format!("{x:.2}×"));
+        md.push_str(&format!(
+            "| {} {} | {} | {} | {} | {} | {} |\n",
+            r.id, r.case, r.berth, r.baseline, ratio, r.target, r.verdict
+        ));
+        results.insert(r.id, json!({ "case": r.case, "berth": r.berth, "baseline": r.baseline, "ratio": r.ratio, "target": r.target, "verdict": r.verdict, "figures": r.extra }));
+    }
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::env::consts::ARCH
+    );
+    let mode = if quick {
+        "a --quick run (fewer cycles; P6 with 2,000 workspaces), not for the record"
+    } else {
+        "a full run"
+    };
+    md.push_str(&format!("\nMachine: {machine}. These figures are from {mode}. Reproduce with `cargo xtask bench` (`--quick` for a short run).\n"));
+    std::fs::write(root.join("BENCHMARKS.md"), md).context("writing BENCHMARKS.md")?;
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    eprintln!("{}", std::fs::read_to_string(root.join("BENCHMARKS.md"))?);
+    Ok(())
+}

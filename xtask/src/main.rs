@@ -1,0 +1,119 @@
+//! Project automation: `cargo xtask ci`, `cargo xtask tidy`, `cargo xtask bench`.
+//!
+//! `ci` is what `.ci/run` and the README's test command run: formatting, clippy with
+//! warnings as errors, the tidy checks, `cargo deny` when it is installed, doctests, the
+//! README's quick start, and the whole test suite under nextest.
+
+mod bench;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(&root),
+        Some("tidy") => tidy::run(&root),
+        Some("bench") => bench::run(&root, &args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <ci|tidy|bench>\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
+            );
+            bail!("unknown or missing command");
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the project root, failing with its name when it fails.
+pub fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("could not run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn have(program: &str, probe: &[&str]) -> bool {
+    Command::new(program)
+        .args(probe)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ci(root: &Path) -> Result<()> {
+    run(root, "cargo", &["fmt", "--all", "--", "--check"])?;
+    run(
+        root,
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    tidy::run(root)?;
+    if have("cargo", &["deny", "--version"]) {
+        run(
+            root,
+            "cargo",
+            &["deny", "check", "bans", "licenses", "sources"],
+        )?;
+    } else {
+        eprintln!(
+            "note: cargo-deny is not installed; skipping `cargo deny check` (install with `cargo install cargo-deny`)"
+        );
+    }
+    run(root, "cargo", &["test", "--doc", "--workspace", "--locked"])?;
+    // The README's "run berth" command, as written.
+    run(
+        root,
+        "cargo",
+        &[
+            "run",
+            "--locked",
+            "-p",
+            "berth-tmux",
+            "--example",
+            "quickstart",
+        ],
+    )?;
+    // Last, so its summary is the closing line of the run.
+    let profile = if std::env::var_os("CI").is_some() {
+        "ci"
+    } else {
+        "default"
+    };
+    run(
+        root,
+        "cargo",
+        &[
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--profile",
+            profile,
+        ],
+    )?;
+    Ok(())
+}
