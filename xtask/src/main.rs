@@ -19,9 +19,10 @@ fn main() -> Result<()> {
         Some("ci") => ci(&root),
         Some("tidy") => tidy::run(&root),
         Some("bench") => bench::run(&root, &args[1..]),
+        Some("openapi") => openapi(&root, args.get(1).map(String::as_str) == Some("--check")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|tidy|bench>\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
+                "usage: cargo xtask <ci|tidy|bench|openapi [--check]>\n  openapi  writes docs/openapi.json from the code (--check: fails when it differs)\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
             );
             bail!("unknown or missing command");
         }
@@ -83,8 +84,9 @@ fn ci(root: &Path) -> Result<()> {
             "note: cargo-deny is not installed; skipping `cargo deny check` (install with `cargo install cargo-deny`)"
         );
     }
+    openapi(root, true)?;
     run(root, "cargo", &["test", "--doc", "--workspace", "--locked"])?;
-    // The README's "run berth" command, as written.
+    // The embedded quick start (library use), as written in the README.
     run(
         root,
         "cargo",
@@ -96,6 +98,12 @@ fn ci(root: &Path) -> Result<()> {
             "--example",
             "quickstart",
         ],
+    )?;
+    // The black-box tests run this binary.
+    run(
+        root,
+        "cargo",
+        &["build", "--locked", "-p", "berth", "--bin", "berth"],
     )?;
     // Last, so its summary is the closing line of the run.
     let profile = if std::env::var_os("CI").is_some() {
@@ -115,5 +123,37 @@ fn ci(root: &Path) -> Result<()> {
             profile,
         ],
     )?;
+    Ok(())
+}
+
+/// Writes `docs/openapi.json` from the code, or with `check` fails when it differs.
+fn openapi(root: &Path, check: bool) -> Result<()> {
+    eprintln!("$ cargo run -p berth -- openapi");
+    let out = Command::new("cargo")
+        .args([
+            "run", "--locked", "-q", "-p", "berth", "--bin", "berth", "--", "openapi",
+        ])
+        .current_dir(root)
+        .output()
+        .context("could not run cargo")?;
+    if !out.status.success() {
+        bail!(
+            "`berth openapi` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = root.join("docs/openapi.json");
+    if check {
+        let current = std::fs::read(&path).unwrap_or_default();
+        if current != out.stdout {
+            bail!(
+                "docs/openapi.json differs from the document the code generates; run `cargo xtask openapi` and commit it"
+            );
+        }
+        eprintln!("docs/openapi.json matches the code");
+        return Ok(());
+    }
+    std::fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -1092,6 +1092,18 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn idempotency_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row: Option<(String, String)> = self
+            .read(
+                "idempotency key",
+                sqlx::query_as("SELECT request_hash, result FROM idempotency_keys WHERE key = ?")
+                    .bind(key)
+                    .fetch_optional(&self.reader),
+            )
+            .await?;
+        Ok(row)
+    }
+
     async fn close(&self) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;

@@ -39,6 +39,12 @@ impl ReportSink for TracingSink {
                 Report::Step {
                     workspace_id, step, ..
                 } => tracing::debug!(workspace = %workspace_id, ?step, "step"),
+                Report::OpFinished(op) => {
+                    tracing::debug!(op = %op.id, workspace = %op.workspace_id, kind = ?op.kind, status = ?op.status, "op finished")
+                }
+                Report::ReconcilePass {
+                    listing_failures, ..
+                } => tracing::trace!(listing_failures, "reconcile pass"),
                 Report::Error {
                     workspace_id,
                     code,

@@ -611,6 +611,9 @@ impl Engine {
         // Answer the waiters first: if this future is dropped during the write, they
         // still learn how their op ended (the row is fixed by recovery at the latest).
         p.done.send_replace(Some(p.op.clone()));
+        self.inner
+            .reporter
+            .report(crate::ports::Report::OpFinished(Box::new(p.op.clone())));
         if let Err(e) = self.inner.store.update_op(&p.op).await {
             tracing::warn!(op = %p.op.id, error = %e, "could not record the end of an op that never ran");
         }

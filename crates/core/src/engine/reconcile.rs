@@ -75,8 +75,19 @@ impl Engine {
         }
     }
 
-    /// One reconcile pass over every runtime.
+    /// One reconcile pass over every runtime. Reports a `ReconcilePass` when it ends.
     pub async fn reconcile(&self) -> ReconcileReport {
+        let report = self.reconcile_pass().await;
+        self.inner
+            .reporter
+            .report(crate::ports::Report::ReconcilePass {
+                at: self.inner.clock.now(),
+                listing_failures: report.listing_failures,
+            });
+        report
+    }
+
+    async fn reconcile_pass(&self) -> ReconcileReport {
         let mut report = ReconcileReport::default();
         let epochs = self.inner.gates.epochs();
         let mut listings = HashMap::new();

@@ -250,6 +250,9 @@ impl Engine {
                     done = fixed;
                     self.write_op_detached(&done).await;
                 }
+                self.inner
+                    .reporter
+                    .report(crate::ports::Report::OpFinished(Box::new(done.clone())));
                 p.done.send_replace(Some(done));
             }
             match slot.queued.take() {

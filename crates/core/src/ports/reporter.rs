@@ -43,6 +43,16 @@ pub enum Report {
         /// What happened.
         step: Step,
     },
+    /// An op reached its final status (succeeded, failed, cancelled, superseded,
+    /// interrupted): the record as its waiters receive it. Reported once per op.
+    OpFinished(Box<crate::model::Operation>),
+    /// A reconcile pass ended (background, boot or on demand).
+    ReconcilePass {
+        /// When.
+        at: Timestamp,
+        /// Runtimes whose listing failed in this pass.
+        listing_failures: usize,
+    },
     /// An error worth an operator's attention (the op carries it too).
     Error {
         /// When.

@@ -197,6 +197,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         result: &str,
     ) -> Result<Option<(String, String)>, StoreError>;
 
+    /// The stored `(request_hash, result)` of an idempotency key, without claiming it.
+    async fn idempotency_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError>;
+
     /// Closes the store. MUST be idempotent; every later call returns `Closed`.
     async fn close(&self);
 }

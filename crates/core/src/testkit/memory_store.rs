@@ -486,6 +486,12 @@ impl Store for MemoryStore {
         Ok(None)
     }
 
+    async fn idempotency_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem.idempotency.get(key).cloned())
+    }
+
     async fn close(&self) {
         self.mem.lock().closed = true;
     }

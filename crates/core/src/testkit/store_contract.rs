@@ -569,6 +569,19 @@ async fn idempotency_keys_keep_the_first_result(s: Arc<dyn Store>) {
             .expect("claim"),
         None
     );
+    assert_eq!(
+        s.idempotency_key("k1").await.expect("lookup"),
+        Some(("h1".into(), "r1".into())),
+        "a lookup returns the first claim"
+    );
+    assert_eq!(s.idempotency_key("k3").await.expect("lookup"), None);
+    assert_eq!(
+        s.claim_idempotency_key("k3", "h3", "r3")
+            .await
+            .expect("claim"),
+        None,
+        "a lookup claims nothing"
+    );
 }
 
 async fn hostile_content_round_trips(s: Arc<dyn Store>) {

@@ -1,0 +1,750 @@
+//! The CLI client: `berth ws ...`, `berth session ...`, `berth events`, `berth doctor`.
+//! It finds the daemon and the admin token from flags, the environment (`BERTH_URL`,
+//! `BERTH_TOKEN`), or the data directory (`daemon.url`, `admin.token`). Tables for
+//! people, `--json` for scripts; failures print the message and code and exit 1.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::serve::{DEFAULT_LISTEN, default_data_dir, token_path, url_path};
+
+/// How the client reaches the daemon.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Daemon URL. Default: <data dir>/daemon.url, else http://127.0.0.1:7421.
+    #[arg(long, env = "BERTH_URL", global = true)]
+    pub url: Option<String>,
+    /// Admin token. Default: <data dir>/admin.token.
+    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data directory to find the daemon in.
+    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// A failed call: the API's code and message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct CallError {
+    /// Stable code.
+    pub code: String,
+    /// Message.
+    pub message: String,
+    /// Details.
+    pub details: Value,
+}
+
+/// A connected client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    /// JSON output.
+    pub json: bool,
+}
+
+impl Target {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.data_dir {
+            Some(d) => Ok(d.clone()),
+            None => default_data_dir(),
+        }
+    }
+
+    /// The daemon URL this target resolves to.
+    ///
+    /// # Errors
+    /// No data directory can be determined.
+    pub fn base_url(&self) -> anyhow::Result<String> {
+        if let Some(u) = &self.url {
+            return Ok(u.trim_end_matches('/').to_owned());
+        }
+        let dir = self.data_dir()?;
+        match std::fs::read_to_string(url_path(&dir)) {
+            Ok(u) if !u.trim().is_empty() => Ok(u.trim().trim_end_matches('/').to_owned()),
+            _ => Ok(format!("http://{DEFAULT_LISTEN}")),
+        }
+    }
+
+    /// Connects (no request is made yet).
+    ///
+    /// # Errors
+    /// No token can be found.
+    pub fn connect(&self) -> anyhow::Result<Client> {
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = token_path(&self.data_dir()?);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "no admin token: pass --token or BERTH_TOKEN, or start `berth serve` to create {}",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()?,
+            base: self.base_url()?,
+            token,
+            json: self.json,
+        })
+    }
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the berth daemon at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status >= 400 {
+            let e = &value["error"];
+            return Err(CallError {
+                code: e["code"].as_str().unwrap_or("unknown").to_owned(),
+                message: e["message"]
+                    .as_str()
+                    .map_or_else(|| format!("HTTP {status}"), str::to_owned),
+                details: e["details"].clone(),
+            }
+            .into());
+        }
+        Ok((status, value))
+    }
+
+    /// GET.
+    ///
+    /// # Errors
+    /// Transport errors and API errors ([`CallError`]).
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.call(reqwest::Method::GET, path, None).await?.1)
+    }
+
+    fn print(&self, value: &Value, human: impl FnOnce(&Value)) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            human(value);
+        }
+    }
+
+    /// Runs a request that may take a while, with a spinner showing the workspace's
+    /// state on a terminal.
+    async fn with_spinner(
+        &self,
+        workspace: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let call = self.call(method, path, body);
+        if self.json || !std::io::stderr().is_terminal() {
+            return call.await;
+        }
+        tokio::pin!(call);
+        let frames = ['|', '/', '-', '\\'];
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut i = 0usize;
+        let mut state = String::from("...");
+        loop {
+            tokio::select! {
+                r = &mut call => {
+                    eprint!("\r\x1b[2K");
+                    return r;
+                }
+                _ = tick.tick() => {
+                    if i.is_multiple_of(4)
+                        && let Ok(ws) = self.get(&format!("/v1/workspaces/{workspace}")).await
+                    {
+                        state = ws["state"].as_str().unwrap_or("?").to_owned();
+                    }
+                    eprint!("\r{} {workspace}: {state}", frames[i % frames.len()]);
+                    i += 1;
+                }
+            }
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn print_workspaces(items: &[Value]) {
+    println!(
+        "{:<22} {:<24} {:<8} {:<9} {:>4}  DIR",
+        "ID", "NAME", "RUNTIME", "STATE", "INC"
+    );
+    for w in items {
+        println!(
+            "{:<22} {:<24} {:<8} {:<9} {:>4}  {}",
+            w["id"].as_str().unwrap_or(""),
+            w["name"].as_str().unwrap_or(""),
+            w["runtime"].as_str().unwrap_or(""),
+            w["state"].as_str().unwrap_or(""),
+            w["incarnation"].as_u64().unwrap_or(0),
+            w["dir"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
+fn print_op(v: &Value) {
+    let op = &v["operation"];
+    let ws = &v["workspace"];
+    let state = ws["state"].as_str().unwrap_or("deleted");
+    let mut line = format!(
+        "{} {} {}: {} (workspace {})",
+        op["kind"].as_str().unwrap_or("op"),
+        op["id"].as_str().unwrap_or(""),
+        ws["name"].as_str().unwrap_or(""),
+        op["status"].as_str().unwrap_or(""),
+        state
+    );
+    if let Some(e) = op["error"].as_object() {
+        line.push_str(&format!(
+            "; {} ({})",
+            e.get("message").and_then(Value::as_str).unwrap_or(""),
+            e.get("code").and_then(Value::as_str).unwrap_or("")
+        ));
+    }
+    println!("{line}");
+}
+
+/// `berth ws ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum WsCommand {
+    /// Create a workspace (and start it unless --no-start).
+    Create {
+        /// Name: 1-63 of [a-z0-9-], starting with a letter.
+        name: String,
+        /// Runtime.
+        #[arg(long, default_value = "tmux")]
+        runtime: String,
+        /// An existing directory to work in (never deleted by berth).
+        #[arg(long)]
+        dir: Option<String>,
+        /// A git repository to check out as a worktree (with --git-ref).
+        #[arg(long, requires = "git_ref")]
+        git_repo: Option<String>,
+        /// The ref for --git-repo.
+        #[arg(long, requires = "git_repo")]
+        git_ref: Option<String>,
+        /// Environment, KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Only create it.
+        #[arg(long)]
+        no_start: bool,
+        /// Idempotency key (a retry with the same key returns the first result).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// The main process's argv (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List workspaces.
+    Ls {
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this runtime.
+        #[arg(long)]
+        runtime: Option<String>,
+    },
+    /// Show one workspace.
+    Show {
+        /// Id or name.
+        id: String,
+    },
+    /// Start a workspace.
+    Start(OpArgs),
+    /// Stop a workspace.
+    Stop(OpArgs),
+    /// Restart a workspace.
+    Restart(OpArgs),
+    /// Delete a workspace (refused when its directory has uncommitted work).
+    Rm {
+        #[command(flatten)]
+        op: OpArgs,
+        /// Delete even with uncommitted work.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wait for a state (running, stopped, failed, settled) or an op.
+    Wait {
+        /// Id or name.
+        id: String,
+        /// Target state.
+        #[arg(long, default_value = "settled", conflicts_with = "op")]
+        state: String,
+        /// An op id instead.
+        #[arg(long)]
+        op: Option<String>,
+        /// How long.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+    },
+}
+
+/// Arguments of op commands.
+#[derive(Debug, clap::Args)]
+pub struct OpArgs {
+    /// Id or name.
+    pub id: String,
+    /// Return at once instead of waiting for the op to settle.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait.
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+}
+
+/// `berth session ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SessionCommand {
+    /// Launch a named session in a running workspace.
+    Launch {
+        /// Workspace id or name.
+        workspace: String,
+        /// Session name.
+        name: String,
+        /// Environment, KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// argv (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List sessions.
+    Ls {
+        /// Workspace id or name.
+        workspace: String,
+    },
+    /// Stop a session.
+    Stop {
+        /// Workspace id or name.
+        workspace: String,
+        /// Session name.
+        name: String,
+    },
+    /// Recent output of a session (or of the main process without a name).
+    Output {
+        /// Workspace id or name.
+        workspace: String,
+        /// Session name.
+        name: Option<String>,
+        /// How many lines.
+        #[arg(long, default_value_t = 200)]
+        lines: usize,
+    },
+}
+
+fn env_pairs(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--env {kv:?}: use KEY=VALUE"))
+        })
+        .collect()
+}
+
+impl Client {
+    /// Runs `berth ws ...`.
+    ///
+    /// # Errors
+    /// Bad arguments, transport or API errors.
+    pub async fn ws(&self, cmd: WsCommand) -> anyhow::Result<()> {
+        match cmd {
+            WsCommand::Create {
+                name,
+                runtime,
+                dir,
+                git_repo,
+                git_ref,
+                env,
+                no_start,
+                idempotency_key,
+                command,
+            } => {
+                let mut body = serde_json::json!({
+                    "name": name, "runtime": runtime, "start": !no_start,
+                    "env": env_pairs(&env)?,
+                });
+                if !command.is_empty() {
+                    body["command"] = serde_json::json!(command);
+                }
+                if let Some(d) = dir {
+                    let abs = std::path::absolute(&d).unwrap_or_else(|_| PathBuf::from(&d));
+                    body["dir"] = Value::String(abs.display().to_string());
+                }
+                if let (Some(repo), Some(reference)) = (git_repo, git_ref) {
+                    body["git"] = serde_json::json!({"repo": repo, "ref": reference});
+                }
+                let mut req = self
+                    .http
+                    .post(format!("{}/v1/workspaces", self.base))
+                    .bearer_auth(&self.token)
+                    .json(&body);
+                if let Some(k) = idempotency_key {
+                    req = req.header("Idempotency-Key", k);
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the berth daemon at {}", self.base))?;
+                let status = resp.status().as_u16();
+                let value: Value = resp.json().await.unwrap_or(Value::Null);
+                if status >= 400 {
+                    let e = &value["error"];
+                    return Err(CallError {
+                        code: e["code"].as_str().unwrap_or("unknown").to_owned(),
+                        message: e["message"].as_str().unwrap_or("").to_owned(),
+                        details: e["details"].clone(),
+                    }
+                    .into());
+                }
+                let mut ws = value["workspace"].clone();
+                if !no_start && let Some(id) = ws["id"].as_str().map(str::to_owned) {
+                    let (_, waited) = self
+                        .with_spinner(
+                            &id,
+                            reqwest::Method::GET,
+                            &format!("/v1/workspaces/{id}/wait?state=settled&timeout=120s"),
+                            None,
+                        )
+                        .await?;
+                    ws = waited["workspace"].clone();
+                }
+                self.print(&ws, |w| print_workspaces(std::slice::from_ref(w)));
+            }
+            WsCommand::Ls { state, runtime } => {
+                let mut items = Vec::new();
+                let mut cursor: Option<String> = None;
+                loop {
+                    let mut q = vec!["limit=1000".to_owned()];
+                    if let Some(s) = &state {
+                        q.push(format!("state={}", enc(s)));
+                    }
+                    if let Some(r) = &runtime {
+                        q.push(format!("runtime={}", enc(r)));
+                    }
+                    if let Some(c) = &cursor {
+                        q.push(format!("cursor={}", enc(c)));
+                    }
+                    let page = self.get(&format!("/v1/workspaces?{}", q.join("&"))).await?;
+                    items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                    match page["next_cursor"].as_str() {
+                        Some(c) => cursor = Some(c.to_owned()),
+                        None => break,
+                    }
+                }
+                self.print(&Value::Array(items.clone()), |_| print_workspaces(&items));
+            }
+            WsCommand::Show { id } => {
+                let ws = self.get(&format!("/v1/workspaces/{}", enc(&id))).await?;
+                self.print(&ws, |w| {
+                    println!("{}", serde_json::to_string_pretty(w).unwrap_or_default());
+                });
+            }
+            WsCommand::Start(a) => self.op(&a, "start", "POST", "").await?,
+            WsCommand::Stop(a) => self.op(&a, "stop", "POST", "").await?,
+            WsCommand::Restart(a) => self.op(&a, "restart", "POST", "").await?,
+            WsCommand::Rm { op, force } => {
+                self.op(&op, "", "DELETE", &format!("&force={force}"))
+                    .await?;
+            }
+            WsCommand::Wait {
+                id,
+                state,
+                op,
+                timeout,
+            } => {
+                let target = match op {
+                    Some(o) => format!("op={}", enc(&o)),
+                    None => format!("state={}", enc(&state)),
+                };
+                let path = format!(
+                    "/v1/workspaces/{}/wait?{target}&timeout={}",
+                    enc(&id),
+                    enc(&timeout)
+                );
+                let (_, v) = self
+                    .with_spinner(&enc(&id), reqwest::Method::GET, &path, None)
+                    .await?;
+                self.print(&v, |v| {
+                    println!(
+                        "{}: {} (reached: {})",
+                        id,
+                        v["settled_state"].as_str().unwrap_or(""),
+                        v["reached"].as_bool().unwrap_or(false)
+                    );
+                });
+                if v["reached"] != Value::Bool(true) {
+                    anyhow::bail!(
+                        "workspace {id} settled as {} without reaching the target",
+                        v["settled_state"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn op(&self, a: &OpArgs, verb: &str, method: &str, extra: &str) -> anyhow::Result<()> {
+        let id = enc(&a.id);
+        let path = if verb.is_empty() {
+            format!(
+                "/v1/workspaces/{id}?wait={}&timeout={}{extra}",
+                !a.no_wait,
+                enc(&a.timeout)
+            )
+        } else {
+            format!(
+                "/v1/workspaces/{id}/{verb}?wait={}&timeout={}{extra}",
+                !a.no_wait,
+                enc(&a.timeout)
+            )
+        };
+        let method = if method == "DELETE" {
+            reqwest::Method::DELETE
+        } else {
+            reqwest::Method::POST
+        };
+        let (status, v) = self.with_spinner(&id, method, &path, None).await?;
+        self.print(&v, print_op);
+        let op_status = v["operation"]["status"].as_str().unwrap_or("");
+        if status == 200 && !matches!(op_status, "succeeded") {
+            let e = &v["operation"]["error"];
+            return Err(CallError {
+                code: e["code"].as_str().unwrap_or(op_status).to_owned(),
+                message: e["message"]
+                    .as_str()
+                    .map_or_else(|| format!("the operation ended {op_status}"), str::to_owned),
+                details: e["details"].clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Runs `berth session ...`.
+    ///
+    /// # Errors
+    /// Bad arguments, transport or API errors.
+    pub async fn session(&self, cmd: SessionCommand) -> anyhow::Result<()> {
+        match cmd {
+            SessionCommand::Launch {
+                workspace,
+                name,
+                env,
+                command,
+            } => {
+                let body =
+                    serde_json::json!({"name": name, "command": command, "env": env_pairs(&env)?});
+                let (_, v) = self
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/v1/workspaces/{}/sessions", enc(&workspace)),
+                        Some(&body),
+                    )
+                    .await?;
+                self.print(&v, |s| {
+                    println!(
+                        "session {} {}",
+                        s["name"].as_str().unwrap_or(""),
+                        s["state"].as_str().unwrap_or("")
+                    );
+                });
+            }
+            SessionCommand::Ls { workspace } => {
+                let v = self
+                    .get(&format!("/v1/workspaces/{}/sessions", enc(&workspace)))
+                    .await?;
+                self.print(&v, |v| {
+                    println!("{:<24} {:<8} {:>5}  COMMAND", "NAME", "STATE", "EXIT");
+                    for s in v["items"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:<24} {:<8} {:>5}  {}",
+                            s["name"].as_str().unwrap_or(""),
+                            s["state"].as_str().unwrap_or(""),
+                            s["exit_code"]
+                                .as_i64()
+                                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                            s["command"]
+                                .as_array()
+                                .map(|a| a
+                                    .iter()
+                                    .filter_map(Value::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(" "))
+                                .unwrap_or_default()
+                        );
+                    }
+                });
+            }
+            SessionCommand::Stop { workspace, name } => {
+                self.call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/workspaces/{}/sessions/{}", enc(&workspace), enc(&name)),
+                    None,
+                )
+                .await?;
+                self.print(&serde_json::json!({"stopped": name}), |_| {
+                    println!("session {name} stopped");
+                });
+            }
+            SessionCommand::Output {
+                workspace,
+                name,
+                lines,
+            } => {
+                let path = match &name {
+                    Some(n) => format!(
+                        "/v1/workspaces/{}/sessions/{}/output?lines={lines}",
+                        enc(&workspace),
+                        enc(n)
+                    ),
+                    None => format!("/v1/workspaces/{}/output?lines={lines}", enc(&workspace)),
+                };
+                let v = self.get(&path).await?;
+                self.print(&v, |v| {
+                    for l in v["lines"].as_array().into_iter().flatten() {
+                        println!("{}", l.as_str().unwrap_or(""));
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `berth events [-f]`.
+    ///
+    /// # Errors
+    /// Transport or API errors.
+    pub async fn events(
+        &self,
+        follow: bool,
+        workspace: Option<String>,
+        since: u64,
+    ) -> anyhow::Result<()> {
+        let filter = workspace
+            .map(|w| format!("&workspace={}", enc(&w)))
+            .unwrap_or_default();
+        let show = |e: &Value| {
+            if self.json {
+                println!("{e}");
+            } else {
+                println!(
+                    "{:>6} {} {:<22} {:>8} -> {:<8} {:<16} {}",
+                    e["seq"].as_u64().unwrap_or(0),
+                    e["at"].as_str().unwrap_or(""),
+                    e["workspace_id"].as_str().unwrap_or(""),
+                    e["from"].as_str().unwrap_or("-"),
+                    e["to"].as_str().unwrap_or("-"),
+                    e["cause"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                );
+            }
+        };
+        if !follow {
+            let mut cursor = since;
+            loop {
+                let page = self
+                    .get(&format!(
+                        "/v1/events?format=json&limit=1000&since={cursor}{filter}"
+                    ))
+                    .await?;
+                let items = page["items"].as_array().cloned().unwrap_or_default();
+                for e in &items {
+                    show(e);
+                }
+                if items.len() < 1000 {
+                    return Ok(());
+                }
+                cursor = page["next_since"].as_u64().unwrap_or(cursor);
+            }
+        }
+        let resp = self
+            .http
+            .get(format!("{}/v1/events?since={since}{filter}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the berth daemon at {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(CallError {
+                code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+                message: v["error"]["message"]
+                    .as_str()
+                    .map_or_else(|| format!("HTTP {status}"), str::to_owned),
+                details: Value::Null,
+            }
+            .into());
+        }
+        let mut stream = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(end) = buf.find('\n') {
+                let line: String = buf.drain(..=end).collect();
+                if let Some(data) = line.trim_end().strip_prefix("data:")
+                    && let Ok(e) = serde_json::from_str::<Value>(data.trim())
+                {
+                    show(&e);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! `berth doctor`: checks what berth needs on this machine and says what to fix.
+//! tmux (present and its version), the Docker daemon (reachable, its API version),
+//! the data directory (exists, private) and its token file, and the daemon's port.
+
+#![allow(clippy::print_stdout)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::client::Target;
+use crate::serve::{default_data_dir, token_path};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+fn report(level: Level, what: &str, detail: &str) {
+    let tag = match level {
+        Level::Ok => "ok  ",
+        Level::Warn => "warn",
+        Level::Fail => "FAIL",
+    };
+    println!("[{tag}] {what}: {detail}");
+}
+
+fn tmux() -> (Level, String) {
+    match std::process::Command::new("tmux").arg("-V").output() {
+        Ok(out) if out.status.success() => (
+            Level::Ok,
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        ),
+        Ok(out) => (
+            Level::Fail,
+            format!(
+                "tmux -V failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ),
+        Err(e) => (
+            Level::Fail,
+            format!("tmux not found ({e}); install it: apt-get install tmux"),
+        ),
+    }
+}
+
+fn docker() -> (Level, String) {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_owned());
+    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                Level::Warn,
+                format!("no Docker daemon at {socket} ({e}); docker workspaces are unavailable"),
+            );
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let request = "GET /version HTTP/1.0\r\nHost: docker\r\n\r\n";
+    let mut answer = String::new();
+    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut answer).is_err()
+    {
+        return (
+            Level::Warn,
+            format!("the Docker daemon at {socket} did not answer"),
+        );
+    }
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => (
+            Level::Ok,
+            format!(
+                "Docker {} (API {}) at {socket}",
+                v["Version"].as_str().unwrap_or("?"),
+                v["ApiVersion"].as_str().unwrap_or("?")
+            ),
+        ),
+        Err(_) => (Level::Warn, format!("unexpected answer from {socket}")),
+    }
+}
+
+fn data_dir(dir: &Path) -> Vec<(Level, String, String)> {
+    let mut out = Vec::new();
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 == 0 {
+                out.push((
+                    Level::Ok,
+                    "data dir".into(),
+                    format!("{} (mode {mode:o})", dir.display()),
+                ));
+            } else {
+                out.push((
+                    Level::Fail,
+                    "data dir".into(),
+                    format!(
+                        "{} is mode {mode:o}; fix: chmod 700 {}",
+                        dir.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(_) => out.push((
+            Level::Fail,
+            "data dir".into(),
+            format!("{} is not a directory", dir.display()),
+        )),
+        Err(_) => out.push((
+            Level::Warn,
+            "data dir".into(),
+            format!(
+                "{} does not exist yet; `berth serve` creates it",
+                dir.display()
+            ),
+        )),
+    }
+    let token = token_path(dir);
+    if let Ok(m) = std::fs::metadata(&token) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 == 0 {
+            out.push((
+                Level::Ok,
+                "admin token".into(),
+                format!("{} (mode {mode:o})", token.display()),
+            ));
+        } else {
+            out.push((
+                Level::Fail,
+                "admin token".into(),
+                format!(
+                    "{} is mode {mode:o}; fix: chmod 600 {}",
+                    token.display(),
+                    token.display()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+async fn daemon(target: &Target) -> (Level, String) {
+    let Ok(url) = target.base_url() else {
+        return (Level::Warn, "no daemon URL".into());
+    };
+    let client = reqwest::Client::new();
+    match client
+        .get(format!("{url}/healthz"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => (Level::Ok, format!("a berth daemon answers at {url}")),
+        Ok(r) => (Level::Warn, format!("{url} answered HTTP {}", r.status())),
+        Err(_) => {
+            let addr = url.trim_start_matches("http://");
+            match std::net::TcpListener::bind(addr) {
+                Ok(_) => (
+                    Level::Ok,
+                    format!("no daemon running; {addr} is free for `berth serve`"),
+                ),
+                Err(e) => (
+                    Level::Fail,
+                    format!("no berth daemon answers at {url} but the port is taken ({e})"),
+                ),
+            }
+        }
+    }
+}
+
+/// Runs every check; returns the exit code (1 when something failed).
+pub async fn run(target: &Target) -> i32 {
+    let mut worst = Level::Ok;
+    let mut note = |level: Level, what: &str, detail: &str| {
+        report(level, what, detail);
+        if level == Level::Fail || (level == Level::Warn && worst == Level::Ok) {
+            worst = level;
+        }
+    };
+    let (l, d) = tmux();
+    note(l, "tmux", &d);
+    let (l, d) = docker();
+    note(l, "docker", &d);
+    match target.data_dir.clone().map_or_else(default_data_dir, Ok) {
+        Ok(dir) => {
+            for (l, what, d) in data_dir(&dir) {
+                note(l, &what, &d);
+            }
+        }
+        Err(e) => note(Level::Fail, "data dir", &e.to_string()),
+    }
+    let (l, d) = daemon(target).await;
+    note(l, "daemon", &d);
+    i32::from(worst == Level::Fail)
+}

@@ -1,0 +1,129 @@
+//! The `berth` binary: `berth serve` runs the daemon; every other command is a client
+//! of a running daemon.
+
+#![allow(clippy::print_stdout)]
+
+use std::process::ExitCode;
+
+use berth::client::{CallError, SessionCommand, Target, WsCommand};
+use clap::{Parser, Subcommand};
+
+/// berth: a workspace lifecycle engine.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (HTTP API) in the foreground.
+    Serve(berth::serve::ServeArgs),
+    /// Workspaces.
+    Ws {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: WsCommand,
+    },
+    /// Sessions: named extra processes of a workspace.
+    Session {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// Lifecycle events (-f follows them live).
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Follow: stream new events as they happen.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only this workspace (id or name).
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Events after this seq.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Check tmux, Docker, the data directory and the port.
+    Doctor {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the OpenAPI document.
+    #[command(hide = true)]
+    Openapi,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<CallError>() {
+        Some(c) => {
+            eprintln!("error: {} ({})", c.message, c.code);
+            if let Some(files) = c.details.get("files").and_then(|f| f.as_array()) {
+                for f in files {
+                    eprintln!("  {}", f.as_str().unwrap_or(""));
+                }
+            }
+        }
+        None => eprintln!("error: {e:#}"),
+    }
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<i32> = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => berth::serve::serve(args).await,
+            Command::Ws { target, command } => target.connect()?.ws(command).await.map(|()| 0),
+            Command::Session { target, command } => {
+                target.connect()?.session(command).await.map(|()| 0)
+            }
+            Command::Events {
+                target,
+                follow,
+                workspace,
+                since,
+            } => target
+                .connect()?
+                .events(follow, workspace, since)
+                .await
+                .map(|()| 0),
+            Command::Doctor { target } => Ok(berth::doctor::run(&target).await),
+            Command::Openapi => {
+                print!("{}", berth::openapi::document());
+                Ok(0)
+            }
+        }
+    });
+    // Do not wait for stray blocking tasks (a stdin read) on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => fail(&e),
+    }
+}

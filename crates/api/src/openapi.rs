@@ -1,0 +1,59 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations. It is served at
+//! `/openapi.json` and checked in at `docs/openapi.json` (`cargo xtask openapi --check`
+//! fails when they differ).
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{dto, error, routes};
+
+/// The API's document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "berth", description = "Workspace lifecycle engine: HTTP API v1"),
+    paths(
+        routes::healthz, routes::readyz, routes::metrics, routes::openapi,
+        routes::create_workspace, routes::list_workspaces, routes::get_workspace,
+        routes::delete_workspace, routes::start, routes::stop, routes::restart, routes::wait,
+        routes::get_operation, routes::list_operations, routes::events,
+        routes::launch_session, routes::list_sessions, routes::stop_session,
+        routes::session_output, routes::main_output, routes::whoami,
+    ),
+    components(schemas(
+        error::ErrorBody, error::ErrorDetail, dto::WorkspaceView, dto::OperationView,
+        dto::EventView, dto::SessionView, dto::CreateRequest, dto::CreateResponse,
+        dto::OpResponse, dto::WaitResponse, dto::SessionRequest,
+    )),
+    modifiers(&Bearer),
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as pretty JSON with a trailing newline (the form checked in).
+pub fn document() -> String {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = ApiDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        let mut text = doc
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        text.push('\n');
+        text
+    })
+    .clone()
+}

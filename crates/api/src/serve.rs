@@ -1,0 +1,409 @@
+//! `berth serve`: wires the SQLite store, the tmux runtime, the engine and the router,
+//! and runs until SIGTERM/SIGINT. Settings come from flags, then the environment, then
+//! an optional TOML file, then the defaults of `lifecycle.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use berth_core::Engine;
+use berth_core::engine::EngineConfig;
+use berth_core::ports::{Reporter, SystemClock};
+use berth_core::reporter::{QueueReporter, ReportSink, TracingSink};
+use berth_sqlite::{SqliteOptions, SqliteStore};
+use berth_tmux::{TmuxConfig, TmuxRuntime};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{AppState, router, set_ready};
+use crate::events::EventHub;
+use crate::metrics::Metrics;
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7421";
+
+/// Flags of `berth serve` (each also read from its environment variable).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Data directory (SQLite file, tmux socket, admin token). Default:
+    /// $XDG_DATA_HOME/berth or ~/.local/share/berth.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on; `127.0.0.1:0` picks a free port. The bound URL is the
+    /// first line printed. [default: 127.0.0.1:7421]
+    #[arg(long, env = "BERTH_LISTEN")]
+    pub listen: Option<String>,
+    /// Admin token. Default: <data dir>/admin.token, generated on first start.
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// TOML file with any of the settings below (snake_case keys, durations as
+    /// "5s"). Flags and environment win over it. Default: <data dir>/berth.toml if
+    /// it exists.
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Period of the background reconciler. [default: 5s]
+    #[arg(long, env = "BERTH_RECONCILE_PERIOD", value_parser = humantime::parse_duration)]
+    pub reconcile_period: Option<Duration>,
+    /// Runtime resources of no known workspace younger than this are left alone.
+    /// [default: 60s]
+    #[arg(long, env = "BERTH_ORPHAN_GRACE", value_parser = humantime::parse_duration)]
+    pub orphan_grace: Option<Duration>,
+    /// A start still `starting` after this fails with `start_timeout`. [default: 120s]
+    #[arg(long, env = "BERTH_START_CEILING", value_parser = humantime::parse_duration)]
+    pub start_ceiling: Option<Duration>,
+    /// SIGTERM to SIGKILL delay when stopping a workspace. [default: 10s]
+    #[arg(long, env = "BERTH_STOP_GRACE", value_parser = humantime::parse_duration)]
+    pub stop_grace: Option<Duration>,
+    /// On shutdown, how long in-flight ops may finish before they are interrupted.
+    /// [default: 10s]
+    #[arg(long, env = "BERTH_DRAIN_DEADLINE", value_parser = humantime::parse_duration)]
+    pub drain_deadline: Option<Duration>,
+    /// Longest an HTTP request may take; waits are capped 5 s below it. [default: 300s]
+    #[arg(long, env = "BERTH_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+}
+
+/// The TOML file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    token: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    reconcile_period: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    orphan_grace: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    start_ceiling: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    stop_grace: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    drain_deadline: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    request_timeout: Option<Duration>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The settings after merging flags, environment, file and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: String,
+    /// Admin token, if given (else the token file).
+    pub token: Option<String>,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// Longest request.
+    pub request_timeout: Duration,
+}
+
+/// The default data directory: `$XDG_DATA_HOME/berth`, else `~/.local/share/berth`.
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("berth"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("neither XDG_DATA_HOME nor HOME is set; pass --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/berth"))
+}
+
+impl ServeArgs {
+    /// Merges flags/env (already in `self` via clap) with the file and the defaults.
+    ///
+    /// # Errors
+    /// An unreadable or invalid config file, or no data directory.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let data_dir = match &self.data_dir {
+            Some(d) => d.clone(),
+            None => default_data_dir()?,
+        };
+        let file = match &self.config {
+            Some(path) => read_file_config(path)?,
+            None => {
+                let path = data_dir.join("berth.toml");
+                if path.exists() {
+                    read_file_config(&path)?
+                } else {
+                    FileConfig::default()
+                }
+            }
+        };
+        let d = EngineConfig::default();
+        let engine = EngineConfig {
+            reconcile_period: Some(
+                self.reconcile_period
+                    .or(file.reconcile_period)
+                    .or(d.reconcile_period)
+                    .unwrap_or(Duration::from_secs(5)),
+            ),
+            orphan_grace: self
+                .orphan_grace
+                .or(file.orphan_grace)
+                .unwrap_or(d.orphan_grace),
+            start_ceiling: self
+                .start_ceiling
+                .or(file.start_ceiling)
+                .unwrap_or(d.start_ceiling),
+            stop_grace: self.stop_grace.or(file.stop_grace).unwrap_or(d.stop_grace),
+            drain_deadline: self
+                .drain_deadline
+                .or(file.drain_deadline)
+                .unwrap_or(d.drain_deadline),
+            ..d
+        };
+        Ok(Settings {
+            data_dir,
+            listen: self
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            token: self.token.clone().or(file.token),
+            engine,
+            request_timeout: self
+                .request_timeout
+                .or(file.request_timeout)
+                .unwrap_or(Duration::from_secs(300)),
+        })
+    }
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Creates the data directory (0700) if needed.
+///
+/// # Errors
+/// The directory cannot be created or secured.
+pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    }
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("data directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("securing data directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The admin token file in a data directory.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+/// The file where a running daemon writes its URL.
+pub fn url_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("daemon.url")
+}
+
+/// Reads the admin token file, or creates it (0600) with a fresh random token.
+///
+/// # Errors
+/// I/O errors, or no randomness.
+pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = token_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => bail!(
+            "{} is empty; delete it to generate a new token",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs the daemon until a signal. Returns the process exit code.
+///
+/// # Errors
+/// Start-up failures (data dir, store, listen address).
+pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let settings = args.settings()?;
+    ensure_data_dir(&settings.data_dir)?;
+    let token = match &settings.token {
+        Some(t) if t.len() >= 16 => t.clone(),
+        Some(_) => bail!("the admin token must be at least 16 characters"),
+        None => load_or_create_token(&settings.data_dir)?,
+    };
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+
+    let store = Arc::new(
+        SqliteStore::open_in(&settings.data_dir, SqliteOptions::default())
+            .await
+            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
+    );
+    let tmux = Arc::new(TmuxRuntime::new(TmuxConfig::new(&settings.data_dir)));
+    let tmux_version = TmuxRuntime::version().await;
+    let hub = Arc::new(EventHub::new());
+    let metrics = Arc::new(Metrics::default());
+    let sinks: Vec<Arc<dyn ReportSink>> = vec![
+        Arc::new(TracingSink),
+        Arc::clone(&hub) as Arc<dyn ReportSink>,
+        Arc::clone(&metrics) as Arc<dyn ReportSink>,
+    ];
+    let reporter: Arc<dyn Reporter> = Arc::new(QueueReporter::new(65_536, sinks));
+    let engine = Engine::builder()
+        .store(store)
+        .runtime(tmux)
+        .reporter(reporter)
+        .clock(Arc::new(SystemClock))
+        .config(EngineConfig {
+            api_url: url.clone(),
+            ..settings.engine.clone()
+        })
+        .build()
+        .await
+        .context("starting the engine")?;
+
+    let closing = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let start_seq = engine
+        .store()
+        .last_event_seq()
+        .await
+        .context("reading the event log")?;
+    hub.run_pump(engine.clone(), &tracker, closing.clone(), start_seq);
+    let mut state = AppState::new(
+        engine.clone(),
+        &token,
+        Arc::clone(&hub),
+        metrics,
+        closing.clone(),
+    );
+    state.request_timeout = settings.request_timeout;
+    set_ready(&state, true);
+    let app = router(state.clone());
+
+    write_private(&url_path(&settings.data_dir), &url)?;
+    // The first line is the URL alone, for scripts; the rest is for people.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{url}");
+        let tmux_line = match &tmux_version {
+            Ok(v) => format!("tmux ({v})"),
+            Err(e) => format!("tmux (not working: {e})"),
+        };
+        println!("berth {} serving", env!("CARGO_PKG_VERSION"));
+        println!("runtimes: {tmux_line}; docker: not built into this version");
+        println!("data dir: {}", settings.data_dir.display());
+        println!("admin token: {}", token_path(&settings.data_dir).display());
+        if let Some(r) = engine.recovery_report() {
+            println!(
+                "recovered: {} adopted, {} failed starts, {} stops and {} deletes finished, {} ops interrupted",
+                r.adopted, r.failed_starts, r.stops_finished, r.deletes_finished, r.ops_interrupted
+            );
+        }
+    }
+
+    let server_closing = closing.clone();
+    let server_tasks = TaskTracker::new();
+    server_tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_closing.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "the HTTP server failed");
+        }
+    });
+    server_tasks.close();
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    // Streams and waits end now; the engine drains its ops, then closes the store.
+    set_ready(&state, false);
+    closing.cancel();
+    // Not awaited: it ends with the process.
+    let second = TaskTracker::new();
+    second.spawn(async {
+        // A second signal exits at once.
+        if wait_for_signal().await.is_ok() {
+            tracing::warn!("second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+    });
+    let report = engine.shutdown().await;
+    tracker.close();
+    let bound = settings.engine.final_flush_timeout + Duration::from_secs(1);
+    let _ = tokio::time::timeout(bound, tracker.wait()).await;
+    let _ = tokio::time::timeout(bound, server_tasks.wait()).await;
+    let _ = std::fs::remove_file(url_path(&settings.data_dir));
+    tracing::info!(?report, "stopped");
+    Ok(0)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

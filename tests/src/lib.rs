@@ -1,0 +1,264 @@
+//! A harness for black-box tests of the `berth` binary: each [`Daemon`] runs the real
+//! binary on port 0 with its own temp data directory (so its own SQLite file and tmux
+//! socket), and is killed with its tmux server when dropped, also when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The `berth` binary next to the test executable (built by `cargo xtask ci`; built
+/// here when missing).
+pub fn berth_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        // target/<profile>/deps/it-<hash> -> target/<profile>/berth
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let bin = dir.join("berth");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "-p", "berth", "--bin", "berth"])
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "building the berth binary failed"
+            );
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A running `berth serve`.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Its data directory (kept when the daemon restarts).
+    pub dir: tempfile::TempDir,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+    child: Option<Child>,
+    http: reqwest::Client,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon in a fresh data directory with `extra` serve flags.
+    pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut d = Daemon {
+            dir,
+            url: String::new(),
+            token: String::new(),
+            child: None,
+            http: reqwest::Client::new(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        d.spawn().await?;
+        Ok(d)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(berth_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&self.extra)
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_URL")
+            .env("BERTH_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning berth serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("berth serve printed nothing in 30 s")??
+            .context("berth serve exited before printing its address")?;
+        if !first.starts_with("http://127.0.0.1:") {
+            bail!("unexpected first line {first:?}");
+        }
+        // Keep draining stdout so the daemon never blocks on a full pipe; the task ends
+        // with the pipe.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.url = first;
+        self.token = std::fs::read_to_string(self.dir.path().join("admin.token"))?
+            .trim()
+            .to_owned();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code and how long it took.
+    pub async fn terminate(&mut self) -> anyhow::Result<(Option<i32>, Duration)> {
+        let child = self.child.as_mut().context("not running")?;
+        let pid = child.id().context("no pid")?;
+        let began = std::time::Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .context("berth did not exit within 60 s of SIGTERM")??;
+        self.child = None;
+        Ok((status.code(), began.elapsed()))
+    }
+
+    /// Starts the daemon again on the same data directory (a new port).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.terminate().await?;
+        }
+        self.spawn().await
+    }
+
+    /// A request with the admin token.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_as(Some(&self.token), method, path, body).await
+    }
+
+    /// A request with any (or no) token.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("the daemon answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// GET with the admin token.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// POST with the admin token.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// DELETE with the admin token.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Creates and starts a workspace running `sh -c script`, waits for `running`,
+    /// and returns its id.
+    pub async fn running(&self, name: &str, script: &str) -> String {
+        let (s, v) = self
+            .post(
+                "/v1/workspaces",
+                serde_json::json!({"name": name, "command": ["sh", "-c", script]}),
+            )
+            .await;
+        assert_eq!(s, 201, "create {name}: {v}");
+        let id = v["workspace"]["id"].as_str().expect("an id").to_owned();
+        let (s, v) = self
+            .get(&format!(
+                "/v1/workspaces/{id}/wait?state=running&timeout=20s"
+            ))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["reached"], true, "{name} did not reach running: {v}");
+        id
+    }
+
+    /// The tmux server's socket.
+    pub fn tmux_socket(&self) -> PathBuf {
+        self.dir.path().join("tmux.sock")
+    }
+
+    /// All events, via the JSON page form.
+    pub async fn all_events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut since = 0;
+        loop {
+            let (s, v) = self
+                .get(&format!("/v1/events?format=json&limit=1000&since={since}"))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let n = items.len();
+            out.extend(items);
+            if n < 1000 {
+                return out;
+            }
+            since = v["next_since"].as_u64().unwrap_or(since);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        // The workspaces' tmux server outlives the daemon by design; end it here.
+        let _ = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(self.tmux_socket())
+            .arg("kill-server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Waits until `path` exists and holds a non-empty first line; returns it.
+pub async fn read_when_written(path: &Path, within: Duration) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path)
+            && t.ends_with('\n')
+        {
+            return Ok(t.trim().to_owned());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{} was not written within {within:?}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

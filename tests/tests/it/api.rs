@@ -1,0 +1,356 @@
+//! Auth, bad input, idempotency, OpenAPI.
+
+use berth_tests::{Daemon, read_when_written};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SLEEP: &str = "sleep 600";
+
+/// Every route of the document with `{id}`/`{op}`/`{name}` filled in.
+fn routes(doc: &Value, id: &str, op: &str) -> Vec<(Method, String)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for m in item.as_object().expect("item").keys() {
+            let method = Method::from_bytes(m.to_uppercase().as_bytes()).expect("method");
+            let p = path
+                .replace("{id}", id)
+                .replace("{op}", op)
+                .replace("{name}", "agent");
+            out.push((method, p));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_or_wrong_token_is_401_everywhere_but_healthz_and_workspace_tokens_are_scoped() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let token_file = d.data_dir().join("token-a");
+    let script = format!(
+        "echo \"$BERTH_WORKSPACE_TOKEN\" > {}; {SLEEP}",
+        token_file.display()
+    );
+    let a = d.running("alpha", &script).await;
+    let b = d.running("beta", SLEEP).await;
+    let (_, doc) = d.get("/openapi.json").await;
+    let (_, ops) = d.get(&format!("/v1/workspaces/{a}/operations")).await;
+    let op = ops["items"][0]["id"].as_str().expect("an op").to_owned();
+    for (method, path) in routes(&doc, &b, &op) {
+        let (s, _) = d.call_as(None, method.clone(), &path, None).await;
+        let (s2, v2) = d
+            .call_as(Some("not-the-token"), method.clone(), &path, None)
+            .await;
+        if path == "/healthz" {
+            assert_eq!((s, s2), (200, 200));
+        } else {
+            assert_eq!(s, 401, "{method} {path} without a token");
+            assert_eq!(s2, 401, "{method} {path} with a wrong token");
+            assert_eq!(v2["error"]["code"], "unauthorized");
+        }
+    }
+    let token = read_when_written(&token_file, std::time::Duration::from_secs(10))
+        .await
+        .expect("the process wrote its token");
+    let (s, v) = d.call_as(Some(&token), Method::GET, "/v1/self", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["id"], a.as_str());
+    for path in [
+        format!("/v1/workspaces/{b}"),
+        "/v1/workspaces".to_owned(),
+        "/metrics".to_owned(),
+        "/v1/events?format=json".to_owned(),
+    ] {
+        let (s, v) = d.call_as(Some(&token), Method::GET, &path, None).await;
+        assert_eq!(s, 403, "GET {path} with alpha's token: {v}");
+        assert_eq!(v["error"]["code"], "forbidden");
+    }
+    let (s, _) = d
+        .call_as(
+            Some(&token),
+            Method::POST,
+            &format!("/v1/workspaces/{a}/stop"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "a workspace token cannot drive its workspace");
+    // A restart mints a new incarnation: the old token is dead.
+    std::fs::remove_file(&token_file).expect("rm");
+    let (s, v) = d
+        .post(&format!("/v1/workspaces/{a}/restart"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = d.call_as(Some(&token), Method::GET, "/v1/self", None).await;
+    assert_eq!(s, 401, "the previous incarnation's token: {v}");
+    let fresh = read_when_written(&token_file, std::time::Duration::from_secs(10))
+        .await
+        .expect("the new process wrote its token");
+    let (s, _) = d.call_as(Some(&fresh), Method::GET, "/v1/self", None).await;
+    assert_eq!(s, 200);
+}
+
+async fn snapshot(d: &Daemon) -> (Value, usize) {
+    let (_, list) = d.get("/v1/workspaces?limit=1000").await;
+    let mut items = list["items"].clone();
+    if let Some(a) = items.as_array_mut() {
+        for w in a {
+            w["pending"] = Value::Null;
+        }
+    }
+    (items, d.all_events().await.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_documented_status_and_code_and_changes_nothing() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let id = d.running("steady", SLEEP).await;
+    let (s, _) = d
+        .post("/v1/workspaces", json!({"name": "idle", "start": false}))
+        .await;
+    assert_eq!(s, 201);
+    let before = snapshot(&d).await;
+    let client = reqwest::Client::new();
+    let raw = |body: String| {
+        client
+            .post(format!("{}/v1/workspaces", d.url))
+            .bearer_auth(&d.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{\"name\": ".into(), 400, "invalid_request"),
+        ("[1, 2]".into(), 400, "invalid_request"),
+        (
+            json!({"name": "x1", "bogus": true}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "tmux"}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({"name": "Bad Name; rm -rf /"}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({"name": "-lead"}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({"name": "a".repeat(64)}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (json!({"name": "steady"}).to_string(), 409, "name_taken"),
+        (
+            json!({"name": "ok1", "env": {"BAD NAME": "v"}}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({"name": "ok2", "dir": "relative/path"}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({"name": "ok3", "runtime": "podman"}).to_string(),
+            503,
+            "runtime_unavailable",
+        ),
+        (
+            format!(
+                "{{\"name\": \"big\", \"env\": {{\"K\": \"{}\"}}}}",
+                "x".repeat(2 * 1024 * 1024)
+            ),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let resp = raw(body.clone()).await.expect("answer");
+        let got = resp.status().as_u16();
+        let v: Value = resp.json().await.expect("a JSON error body");
+        let shown: String = body.chars().take(60).collect();
+        assert_eq!(got, status, "{shown}: {v}");
+        assert_eq!(v["error"]["code"], code, "{shown}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (s, v) = d.post("/v1/workspaces", json!({"runtime": "tmux"})).await;
+    assert_eq!(s, 422);
+    assert_eq!(v["error"]["details"]["field"], "name");
+    // Unknown ids, invalid transitions, bad queries.
+    for (method, path, status, code) in [
+        (
+            Method::GET,
+            "/v1/workspaces/ws-0000000000000000".to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/nope/start".to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            Method::DELETE,
+            "/v1/workspaces/nope".to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/v1/operations/op-0000000000000000".to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/v1/no/such/route".to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/v1/workspaces?limit=0".to_owned(),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/workspaces?bogus=1".to_owned(),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            format!("/v1/workspaces/{id}/wait?state=sideways"),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/v1/workspaces/{id}/start?timeout=soon"),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/idle/sessions".to_owned(),
+            409,
+            "invalid_transition",
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/workspaces/{id}/sessions/never"),
+            404,
+            "not_found",
+        ),
+    ] {
+        let body = (method == Method::POST && path.ends_with("/sessions"))
+            .then(|| json!({"name": "agent", "command": ["sh", "-c", SLEEP]}));
+        let (s, v) = d.call(method.clone(), &path, body).await;
+        assert_eq!(s, status, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], code, "{method} {path}");
+    }
+    assert_eq!(snapshot(&d).await, before, "bad input changed the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_returns_the_first_result_and_refuses_another_body() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let client = reqwest::Client::new();
+    let send = |key: &str, body: Value| {
+        client
+            .post(format!("{}/v1/workspaces", d.url))
+            .bearer_auth(&d.token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let body = json!({"name": "once", "command": ["sh", "-c", SLEEP]});
+    let (a, b) = tokio::join!(send("key-1", body.clone()), send("key-1", body.clone()));
+    let a: Value = a.expect("a").json().await.expect("json");
+    let b: Value = b.expect("b").json().await.expect("json");
+    assert_eq!(a["workspace"]["id"], b["workspace"]["id"], "{a} {b}");
+    assert_eq!(a["operation"]["id"], b["operation"]["id"]);
+    let c = send("key-1", body.clone()).await.expect("c");
+    assert_eq!(c.status().as_u16(), 201);
+    let c: Value = c.json().await.expect("json");
+    assert_eq!(c["workspace"]["id"], a["workspace"]["id"]);
+    let other = send("key-1", json!({"name": "twice"})).await.expect("d");
+    assert_eq!(other.status().as_u16(), 409);
+    let v: Value = other.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "idempotency_conflict");
+    let (_, list) = d.get("/v1/workspaces").await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_openapi_document_is_the_checked_in_one_and_every_route_answers() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let (s, served) = d.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    let checked_in: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .expect("docs/openapi.json"),
+    )
+    .expect("valid JSON");
+    assert_eq!(
+        served, checked_in,
+        "run `cargo xtask openapi` to update docs/openapi.json"
+    );
+    assert_eq!(
+        served["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true)
+    );
+    let id = d.running("doc", SLEEP).await;
+    let (s, _) = d
+        .post(
+            &format!("/v1/workspaces/{id}/sessions"),
+            json!({"name": "agent", "command": ["sh", "-c", SLEEP]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, ops) = d.get(&format!("/v1/workspaces/{id}/operations")).await;
+    let op = ops["items"][0]["id"].as_str().expect("op").to_owned();
+    let mut routes = routes(&served, &id, &op);
+    // Destructive routes last.
+    routes.sort_by_key(|(m, p)| match (m.as_str(), p.as_str()) {
+        ("DELETE", p) if p.contains("/sessions/") => 1,
+        (_, p) if p.ends_with("/stop") => 2,
+        (_, p) if p.ends_with("/restart") => 3,
+        ("DELETE", _) => 4,
+        _ => 0,
+    });
+    assert!(routes.len() >= 20, "{routes:?}");
+    for (method, path) in routes {
+        let path = if path.ends_with("/wait") {
+            format!("{path}?state=settled&timeout=5s")
+        } else {
+            path
+        };
+        let path = if path == "/v1/events" {
+            "/v1/events?format=json".to_owned()
+        } else {
+            path
+        };
+        let body = (method == Method::POST && path.ends_with("/sessions"))
+            .then(|| json!({"name": "agent", "command": ["sh", "-c", SLEEP]}))
+            .or_else(|| {
+                (method == Method::POST && path == "/v1/workspaces")
+                    .then(|| json!({"name": "doc2", "start": false}))
+            });
+        let (s, v) = d.call(method.clone(), &path, body).await;
+        let ok = (200..300).contains(&s) || (path == "/v1/self" && s == 404);
+        assert!(ok, "{method} {path} answered {s}: {v}");
+    }
+}

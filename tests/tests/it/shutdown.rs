@@ -1,0 +1,92 @@
+//! SIGTERM with ops in flight and SSE clients, then a restart on the same data dir.
+
+use std::time::Duration;
+
+use berth_tests::Daemon;
+use futures_util::StreamExt;
+use serde_json::json;
+
+fn pane_pids(d: &Daemon) -> Vec<i32> {
+    let out = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(d.tmux_socket())
+        .args(["list-panes", "-a", "-F", "#{pane_pid}"])
+        .output()
+        .expect("tmux");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_exits_zero_keeps_workspaces_and_the_next_serve_recovers() {
+    // The stop below lasts its whole 6 s grace: it is still in flight when the drain
+    // deadline (1 s) passes, and the next serve's recovery finishes it.
+    let mut d = Daemon::start(&["--drain-deadline", "1s", "--stop-grace", "6s"])
+        .await
+        .expect("daemon");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(d.running(&format!("keep-{i}"), "sleep 600").await);
+    }
+    let stubborn = d
+        .running("stubborn", "trap '' TERM HUP; while :; do sleep 1; done")
+        .await;
+    let before = pane_pids(&d);
+    // SSE clients connected.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/v1/events", d.url))
+            .bearer_auth(&d.token)
+            .send()
+            .await
+            .expect("sse");
+        streams.push(resp.bytes_stream());
+    }
+    // An op in flight that cannot finish within the drain deadline.
+    let (s, v) = d
+        .post(
+            &format!("/v1/workspaces/{stubborn}/stop?wait=false"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let (code, took) = d.terminate().await.expect("terminate");
+    assert_eq!(code, Some(0), "exit code after SIGTERM");
+    // Drain deadline + the final flush bound (5 s) + 1 s.
+    assert!(took < Duration::from_secs(1 + 5 + 1), "exited in {took:?}");
+    for mut s in streams {
+        // Each stream ends (possibly after delivering what was buffered).
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = s.next().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "an SSE stream did not end");
+    }
+    let after = pane_pids(&d);
+    for (i, pid) in before.iter().enumerate() {
+        if i < 3 {
+            assert!(after.contains(pid), "shutdown killed a workspace process");
+        }
+    }
+    d.restart().await.expect("second serve");
+    let (s, list) = d.get("/v1/workspaces").await;
+    assert_eq!(s, 200);
+    for w in list["items"].as_array().expect("items") {
+        let state = w["state"].as_str().unwrap_or("");
+        assert!(
+            ["running", "stopped", "failed"].contains(&state),
+            "{} left in {state}",
+            w["name"]
+        );
+    }
+    for id in &ids {
+        let (_, w) = d.get(&format!("/v1/workspaces/{id}")).await;
+        assert_eq!(
+            w["state"], "running",
+            "a running workspace survived the restart"
+        );
+    }
+}
