@@ -640,8 +640,12 @@ impl ProcessRuntime for TmuxRuntime {
         let list = ["list-panes", "-a", "-F", FORMAT];
         let out = self.tmux.run(&list, None).await?;
         if !out.ok {
-            // No server means no sessions; anything else is a failed listing.
+            // No server means no sessions, and so does a server with no session left
+            // (`list-panes -a` then finds no current target: seen while the server
+            // exits after its last session, or with exit-empty off). Anything else is
+            // a failed listing.
             if out.stderr.contains("no server running")
+                || out.stderr.trim() == "no current target"
                 || (out.stderr.contains("error connecting to")
                     && out.stderr.contains("No such file or directory"))
             {

@@ -85,8 +85,13 @@ impl EventHub {
                             }
                         }
                         Err(e) => {
-                            tracing::debug!(error = %e, "event pump stops: the store is gone");
-                            return;
+                            if stop.is_cancelled() || engine.is_shutting_down() {
+                                tracing::debug!(error = %e, "event pump stops with the engine");
+                                return;
+                            }
+                            // A transient store error: try again from the same cursor.
+                            tracing::warn!(error = %e, "event pump could not read the store; retrying");
+                            break;
                         }
                     }
                 }

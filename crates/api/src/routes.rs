@@ -151,7 +151,7 @@ pub async fn create_workspace(
         }
     };
     let Some(key) = key else {
-        return create_now(&state, &body).await.map(created);
+        return create_now(&state, &body, None).await.map(created);
     };
     let hash = request_hash(&body);
     let stripe = Sha256::digest(key.as_bytes())[0] as usize % state.idempotency.len();
@@ -185,16 +185,7 @@ pub async fn create_workspace(
             operation: op,
         }));
     }
-    let response = create_now(&state, &body).await?;
-    let stored = StoredCreate {
-        workspace_id: response.workspace.id.clone(),
-        op_id: response.operation.as_ref().map(|o| o.id.clone()),
-    };
-    let text = serde_json::to_string(&stored).map_err(|e| ApiError::internal(&e))?;
-    store
-        .claim_idempotency_key(&key, &hash, &text)
-        .await
-        .map_err(EngineError::from)?;
+    let response = create_now(&state, &body, Some((&key, &hash))).await?;
     Ok(created(response))
 }
 
@@ -202,7 +193,14 @@ fn created(response: CreateResponse) -> Response {
     (StatusCode::CREATED, Json(response)).into_response()
 }
 
-async fn create_now(state: &AppState, body: &CreateRequest) -> ApiResult<CreateResponse> {
+/// Creates (and starts). With an idempotency key, the key is claimed in the same step
+/// as the start is requested: right after the create, with the start op's id when the
+/// start was accepted, so a retry finds the workspace instead of `name_taken`.
+async fn create_now(
+    state: &AppState,
+    body: &CreateRequest,
+    key: Option<(&str, &str)>,
+) -> ApiResult<CreateResponse> {
     let name = WorkspaceName::parse(&body.name).map_err(EngineError::from)?;
     let runtime =
         RuntimeKind::parse(body.runtime.as_deref().unwrap_or("tmux")).map_err(EngineError::from)?;
@@ -230,11 +228,32 @@ async fn create_now(state: &AppState, body: &CreateRequest) -> ApiResult<CreateR
             actor: Actor::Api,
         })
         .await?;
-    let operation = if body.start.unwrap_or(true) {
-        let ticket = state.engine.start(&ws.id, Actor::Api).await?;
-        Some(OperationView::from(&state.engine.op(ticket.op_id()).await?))
+    let started = if body.start.unwrap_or(true) {
+        Some(state.engine.start(&ws.id, Actor::Api).await)
     } else {
         None
+    };
+    if let Some((key, hash)) = key {
+        let stored = StoredCreate {
+            workspace_id: ws.id.to_string(),
+            op_id: match &started {
+                Some(Ok(ticket)) => Some(ticket.op_id().to_string()),
+                _ => None,
+            },
+        };
+        let text = serde_json::to_string(&stored).map_err(|e| ApiError::internal(&e))?;
+        state
+            .engine
+            .store()
+            .claim_idempotency_key(key, hash, &text)
+            .await
+            .map_err(EngineError::from)?;
+    }
+    let operation = match started {
+        Some(ticket) => Some(OperationView::from(
+            &state.engine.op(ticket?.op_id()).await?,
+        )),
+        None => None,
     };
     let ws = state.engine.workspace(&ws.id).await.unwrap_or(ws);
     Ok(CreateResponse {
@@ -328,14 +347,36 @@ async fn run_op(
         .await?;
     let op_id = ticket.op_id().clone();
     let settled = if wait.unwrap_or(true) {
+        let finished = ticket.clone();
         tokio::select! {
-            r = ticket.wait() => Some(r?),
+            // A driver cancelled by shutdown ends without a record: not settled.
+            r = ticket.wait() => r.ok(),
             () = tokio::time::sleep(timeout) => None,
             () = state.closing.cancelled() => None,
         }
+        .or_else(|| finished.finished())
     } else {
-        ticket.finished()
+        // "202 at once", whatever the op did meanwhile.
+        None
     };
+    if settled.is_none() && state.closing.is_cancelled() {
+        // The store may be closing under us: answer from memory.
+        let pending = state.engine.pending(&ws.id).await;
+        let op = [pending.in_flight.clone(), pending.queued.clone()]
+            .into_iter()
+            .flatten()
+            .find(|o| o.id == op_id);
+        if let Some(op) = op {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(crate::dto::OpResponse {
+                    workspace: Some(WorkspaceView::new(&ws, pending)),
+                    operation: OperationView::from(&op),
+                }),
+            )
+                .into_response());
+        }
+    }
     let current = match state.engine.workspace(&ws.id).await {
         Ok(ws) => Some(view(state, &ws).await),
         Err(EngineError::NotFound { .. }) => None,

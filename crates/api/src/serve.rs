@@ -340,6 +340,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     set_ready(&state, true);
     let app = router(state.clone());
 
+    // Registered before the URL is printed: a SIGTERM from then on is a clean shutdown.
+    let mut signals = Signals::new()?;
     write_private(&url_path(&settings.data_dir), &url)?;
     // The first line is the URL alone, for scripts; the rest is for people.
     #[allow(clippy::print_stdout)]
@@ -361,7 +363,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
     }
 
-    let server_closing = closing.clone();
+    // The listener stays open through the engine's drain (new requests get 503
+    // `shutting_down`); it closes once the engine has shut down.
+    let server_stop = CancellationToken::new();
+    let server_closing = server_stop.clone();
     let server_tasks = TaskTracker::new();
     server_tasks.spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -373,37 +378,54 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     });
     server_tasks.close();
 
-    wait_for_signal().await?;
+    signals.next().await;
     tracing::info!("shutting down");
+    let deadline = tokio::time::Instant::now()
+        + settings.engine.drain_deadline
+        + settings.engine.final_flush_timeout
+        + Duration::from_secs(1);
     // Streams and waits end now; the engine drains its ops, then closes the store.
     set_ready(&state, false);
     closing.cancel();
     // Not awaited: it ends with the process.
     let second = TaskTracker::new();
-    second.spawn(async {
+    second.spawn(async move {
         // A second signal exits at once.
-        if wait_for_signal().await.is_ok() {
-            tracing::warn!("second signal: exiting without waiting");
-            std::process::exit(130);
-        }
+        signals.next().await;
+        tracing::warn!("second signal: exiting without waiting");
+        std::process::exit(130);
     });
-    let report = engine.shutdown().await;
+    let report = tokio::time::timeout_at(deadline, engine.shutdown()).await;
+    server_stop.cancel();
     tracker.close();
-    let bound = settings.engine.final_flush_timeout + Duration::from_secs(1);
-    let _ = tokio::time::timeout(bound, tracker.wait()).await;
-    let _ = tokio::time::timeout(bound, server_tasks.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, async {
+        tokio::join!(tracker.wait(), server_tasks.wait())
+    })
+    .await;
     let _ = std::fs::remove_file(url_path(&settings.data_dir));
     tracing::info!(?report, "stopped");
-    Ok(0)
+    Ok(if report.is_ok() { 0 } else { 1 })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, registered once so no signal between two waits is lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

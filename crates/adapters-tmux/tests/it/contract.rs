@@ -104,3 +104,28 @@ async fn a_dead_control_client_falls_back_to_the_cli_and_recovers() {
         "a new control client took over"
     );
 }
+
+/// A server with no session at all (exit-empty off, or caught while exiting) answers
+/// `list-panes -a` with "no current target": that is an empty listing, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_no_session_lists_nothing_instead_of_failing() {
+    use berth_core::ids::EngineId;
+    use berth_core::ports::ProcessRuntime;
+    let fx = Fixture::new();
+    let engine = EngineId::generate();
+    assert!(fx.rt.list_owned(&engine).await.unwrap().is_empty());
+    assert!(
+        fx.tmux(&["set", "-g", "exit-empty", "off"])
+            .status
+            .success(),
+        "exit-empty set"
+    );
+    assert!(
+        fx.tmux(&["kill-session", "-t", "=berth-control"])
+            .status
+            .success(),
+        "the control client was running"
+    );
+    // The next call meets a live server with zero sessions.
+    assert!(fx.rt.list_owned(&engine).await.unwrap().is_empty());
+}
