@@ -733,11 +733,13 @@ impl Client {
             .into());
         }
         let mut stream = resp.bytes_stream();
-        let mut buf = String::new();
+        // Bytes until a whole line: a character split across chunks stays whole.
+        let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = stream.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk?));
-            while let Some(end) = buf.find('\n') {
-                let line: String = buf.drain(..=end).collect();
+            buf.extend_from_slice(&chunk?);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let raw: Vec<u8> = buf.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&raw);
                 if let Some(data) = line.trim_end().strip_prefix("data:")
                     && let Ok(e) = serde_json::from_str::<Value>(data.trim())
                 {

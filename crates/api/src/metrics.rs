@@ -172,17 +172,8 @@ impl Metrics {
 }
 
 async fn count_by_state(engine: &Engine) -> Result<BTreeMap<&'static str, u64>, String> {
-    let mut by_state: BTreeMap<&'static str, u64> = [
-        State::Stopped,
-        State::Starting,
-        State::Running,
-        State::Stopping,
-        State::Failed,
-        State::Deleting,
-    ]
-    .into_iter()
-    .map(|s| (s.as_str(), 0))
-    .collect();
+    let mut by_state: BTreeMap<&'static str, u64> =
+        State::ALL.into_iter().map(|s| (s.as_str(), 0)).collect();
     let mut after = None;
     loop {
         let page = engine

@@ -274,7 +274,7 @@ pub async fn list_workspaces(
         return Err(ApiError::invalid("limit must be 1 to 1000"));
     }
     if let Some(s) = &q.state
-        && !ALL_STATES.contains(&s.as_str())
+        && !WsState::ALL.iter().any(|known| known.as_str() == s)
     {
         return Err(ApiError::invalid(format!("unknown state {s:?}")));
     }
@@ -315,10 +315,6 @@ pub async fn list_workspaces(
     Ok(Json(WorkspaceList { items, next_cursor }))
 }
 
-const ALL_STATES: [&str; 6] = [
-    "stopped", "starting", "running", "stopping", "failed", "deleting",
-];
-
 /// One workspace (by id or name).
 #[utoipa::path(get, path = "/v1/workspaces/{id}", tag = "workspaces", security(("bearer" = [])),
     params(("id" = String, Path, description = "Workspace id or name")),
@@ -329,6 +325,15 @@ pub async fn get_workspace(
 ) -> ApiResult<Json<WorkspaceView>> {
     let ws = state.engine.resolve(&id).await?;
     Ok(Json(view(&state, &ws).await))
+}
+
+/// `{workspace, operation}` with 200 (settled) or 202 (not yet).
+fn op_answer(status: StatusCode, workspace: Option<WorkspaceView>, op: &Operation) -> Response {
+    let body = crate::dto::OpResponse {
+        workspace,
+        operation: OperationView::from(op),
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn run_op(
@@ -367,14 +372,8 @@ async fn run_op(
             .flatten()
             .find(|o| o.id == op_id);
         if let Some(op) = op {
-            return Ok((
-                StatusCode::ACCEPTED,
-                Json(crate::dto::OpResponse {
-                    workspace: Some(WorkspaceView::new(&ws, pending)),
-                    operation: OperationView::from(&op),
-                }),
-            )
-                .into_response());
+            let workspace = Some(WorkspaceView::new(&ws, pending));
+            return Ok(op_answer(StatusCode::ACCEPTED, workspace, &op));
         }
     }
     let current = match state.engine.workspace(&ws.id).await {
@@ -392,25 +391,11 @@ async fn run_op(
                 return Err(ApiError::new(&err.code, err.message.clone())
                     .with_details(serde_json::to_value(&err.details).unwrap_or_default()));
             }
-            Ok((
-                StatusCode::OK,
-                Json(crate::dto::OpResponse {
-                    workspace: current,
-                    operation: OperationView::from(&op),
-                }),
-            )
-                .into_response())
+            Ok(op_answer(StatusCode::OK, current, &op))
         }
         None => {
             let op = state.engine.op(&op_id).await?;
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(crate::dto::OpResponse {
-                    workspace: current,
-                    operation: OperationView::from(&op),
-                }),
-            )
-                .into_response())
+            Ok(op_answer(StatusCode::ACCEPTED, current, &op))
         }
     }
 }
