@@ -67,6 +67,7 @@ impl Daemon {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         d.spawn().await?;
+        d.wait_ready().await?;
         Ok(d)
     }
 
@@ -128,12 +129,38 @@ impl Daemon {
         Ok((status.code(), began.elapsed()))
     }
 
-    /// Starts the daemon again on the same data directory (a new port).
+    /// Starts the daemon again on the same data directory (a new port) and waits
+    /// until it is ready.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_booting().await?;
+        self.wait_ready().await
+    }
+
+    /// Starts the daemon again on the same data directory and returns as soon as it
+    /// printed its URL: boot recovery may still be running.
+    pub async fn restart_booting(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
             self.terminate().await?;
         }
         self.spawn().await
+    }
+
+    /// Polls `/readyz` until it answers 200 (boot recovery finished), at most 60 s.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let began = std::time::Instant::now();
+        loop {
+            let (status, body) = self.get("/readyz").await;
+            if status == 200 {
+                return Ok(());
+            }
+            if status != 503 || began.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "/readyz answered {status} {body} after {:?}",
+                    began.elapsed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A request with the admin token.

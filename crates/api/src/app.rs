@@ -232,6 +232,39 @@ fn workspace_may(ws: &Workspace, method: &axum::http::Method, path: &str) -> boo
     target == ws.id.as_str() || target == ws.name.as_str()
 }
 
+/// The router a daemon serves while its engine is still being built (store opened,
+/// boot recovery running): `/healthz` answers 200, every other route needs the admin
+/// token and answers 503 (`/readyz` with `{"status":"starting"}`, the rest with the
+/// code `not_ready`). A bearer token that is not the admin token cannot be checked yet
+/// (workspace tokens live in the store), so it gets 503 too; no token is 401.
+pub fn booting_router(admin_token: &str) -> Router {
+    let admin: Arc<str> = Arc::from(admin_token);
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .fallback(move |req: Request| {
+            let admin = Arc::clone(&admin);
+            async move {
+                let Some(token) = bearer(&req) else {
+                    return ApiError::new("unauthorized", "a bearer token is required")
+                        .into_response();
+                };
+                let is_admin = bool::from(
+                    Sha256::digest(token.as_bytes())
+                        .as_slice()
+                        .ct_eq(Sha256::digest(admin.as_bytes()).as_slice()),
+                );
+                if is_admin && req.uri().path() == "/readyz" {
+                    return routes::not_ready_health();
+                }
+                ApiError::new(
+                    "not_ready",
+                    "the daemon is starting: boot recovery is still running; retry shortly",
+                )
+                .into_response()
+            }
+        })
+}
+
 /// Marks the state ready (boot recovery done, store open).
 pub fn set_ready(state: &AppState, ready: bool) {
     state.ready.store(ready, Ordering::SeqCst);

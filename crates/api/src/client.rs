@@ -110,7 +110,30 @@ impl Target {
 }
 
 impl Client {
+    /// One request; while the daemon is still in boot recovery (503 `not_ready`) it
+    /// is retried for up to a minute.
     async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let began = std::time::Instant::now();
+        loop {
+            match self.call_once(method.clone(), path, body).await {
+                Err(e)
+                    if e.downcast_ref::<CallError>()
+                        .is_some_and(|c| c.code == "not_ready")
+                        && began.elapsed() < Duration::from_secs(60) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -34,7 +34,7 @@ pub fn status_of(code: &str) -> StatusCode {
         "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "validation_failed" => StatusCode::UNPROCESSABLE_ENTITY,
         "runtime_error" => StatusCode::BAD_GATEWAY,
-        "shutting_down" | "runtime_unavailable" | "request_timeout" => {
+        "shutting_down" | "runtime_unavailable" | "request_timeout" | "not_ready" => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         "runtime_timeout" => StatusCode::GATEWAY_TIMEOUT,
@@ -142,15 +142,16 @@ fn runtime_details(e: &RuntimeError) -> serde_json::Value {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let retry = matches!(
-            self.detail.code.as_str(),
-            "shutting_down" | "runtime_unavailable"
-        );
+        let retry = match self.detail.code.as_str() {
+            "shutting_down" | "runtime_unavailable" => Some("5"),
+            "not_ready" => Some("1"),
+            _ => None,
+        };
         let mut response = (status, Json(ErrorBody { error: self.detail })).into_response();
-        if retry {
+        if let Some(seconds) = retry {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         response
     }

@@ -86,6 +86,17 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The `/readyz` answer while the daemon is still starting.
+pub(crate) fn not_ready_health() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Health {
+            status: "starting".into(),
+        }),
+    )
+        .into_response()
+}
+
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]

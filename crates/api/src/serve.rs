@@ -4,8 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use axum::Router;
+use tower::ServiceExt;
 
 use anyhow::{Context, bail};
 use berth_core::Engine;
@@ -18,7 +21,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{AppState, router, set_ready};
+use crate::app::{AppState, booting_router, router, set_ready};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 
@@ -298,6 +301,35 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
     );
+
+    // Registered before the URL is printed: a SIGTERM from then on is a clean shutdown.
+    let mut signals = Signals::new()?;
+    // The daemon answers from here on: while boot recovery runs, `/healthz` is 200
+    // and everything else 503 (`/readyz` included); the full router replaces it once
+    // the engine is built.
+    let live: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
+    let app = switch(booting_router(&token), Arc::clone(&live));
+    // The listener stays open through the engine's drain (new requests get 503
+    // `shutting_down`); it closes once the engine has shut down.
+    let server_stop = CancellationToken::new();
+    let server_closing = server_stop.clone();
+    let server_tasks = TaskTracker::new();
+    server_tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_closing.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "the HTTP server failed");
+        }
+    });
+    server_tasks.close();
+    write_private(&url_path(&settings.data_dir), &url)?;
+    // The first line is the URL alone, for scripts; the rest is for people.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{url}");
+    }
+
     let tmux = Arc::new(TmuxRuntime::new(TmuxConfig::new(&settings.data_dir)));
     let tmux_version = TmuxRuntime::version().await;
     let hub = Arc::new(EventHub::new());
@@ -308,7 +340,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         Arc::clone(&metrics) as Arc<dyn ReportSink>,
     ];
     let reporter: Arc<dyn Reporter> = Arc::new(QueueReporter::new(65_536, sinks));
-    let engine = Engine::builder()
+    let build = Engine::builder()
         .store(store)
         .runtime(tmux)
         .reporter(reporter)
@@ -317,9 +349,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             api_url: url.clone(),
             ..settings.engine.clone()
         })
-        .build()
-        .await
-        .context("starting the engine")?;
+        .build();
+    let engine = tokio::select! {
+        built = build => built.context("starting the engine")?,
+        () = signals.next() => {
+            // Recovery is written to survive a crash at any point, so stopping it
+            // half-way loses nothing: the next start resumes it.
+            tracing::warn!("signal during boot recovery: exiting; the next start resumes recovery");
+            server_stop.cancel();
+            server_tasks.wait().await;
+            let _ = std::fs::remove_file(url_path(&settings.data_dir));
+            return Ok(0);
+        }
+    };
 
     let closing = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -338,15 +380,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     );
     state.request_timeout = settings.request_timeout;
     set_ready(&state, true);
-    let app = router(state.clone());
-
-    // Registered before the URL is printed: a SIGTERM from then on is a clean shutdown.
-    let mut signals = Signals::new()?;
-    write_private(&url_path(&settings.data_dir), &url)?;
-    // The first line is the URL alone, for scripts; the rest is for people.
+    if live.set(router(state.clone())).is_err() {
+        bail!("the API router was installed twice");
+    }
     #[allow(clippy::print_stdout)]
     {
-        println!("{url}");
         let tmux_line = match &tmux_version {
             Ok(v) => format!("tmux ({v})"),
             Err(e) => format!("tmux (not working: {e})"),
@@ -362,21 +400,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             );
         }
     }
-
-    // The listener stays open through the engine's drain (new requests get 503
-    // `shutting_down`); it closes once the engine has shut down.
-    let server_stop = CancellationToken::new();
-    let server_closing = server_stop.clone();
-    let server_tasks = TaskTracker::new();
-    server_tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_closing.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "the HTTP server failed");
-        }
-    });
-    server_tasks.close();
 
     signals.next().await;
     tracing::info!("shutting down");
@@ -404,7 +427,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     .await;
     let _ = std::fs::remove_file(url_path(&settings.data_dir));
     tracing::info!(?report, "stopped");
+    let live_tasks = engine.live_tasks();
+    #[allow(clippy::print_stdout)]
+    match &report {
+        Ok(r) => println!(
+            "stopped: drained {}, {} ops interrupted, engine tasks alive {live_tasks}",
+            r.drained, r.interrupted
+        ),
+        Err(_) => {
+            println!("stopped: the drain overran its deadline, engine tasks alive {live_tasks}")
+        }
+    }
     Ok(if report.is_ok() { 0 } else { 1 })
+}
+
+/// A router that serves `booting` until `live` holds the full router.
+fn switch(booting: Router, live: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
+        let current = live.get().cloned().unwrap_or_else(|| booting.clone());
+        current.oneshot(req)
+    }))
 }
 
 /// SIGTERM and SIGINT, registered once so no signal between two waits is lost.

@@ -82,7 +82,26 @@ async fn sigterm_drains_exits_zero_keeps_workspaces_and_the_next_serve_recovers(
     for (id, pid) in ids.iter().zip(&pids) {
         assert!(alive(*pid), "shutdown killed the process of {id}");
     }
-    d.restart().await.expect("second serve");
+    // The next serve answers at once, but is not ready while its recovery waits out
+    // the stubborn stop's grace (the process ignores SIGTERM, so that takes the grace).
+    d.restart_booting().await.expect("second serve");
+    let (s, v) = d.get("/readyz").await;
+    assert_eq!((s, v["status"].as_str()), (503, Some("starting")), "{v}");
+    let (s, v) = d.get("/v1/workspaces").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("not_ready")),
+        "{v}"
+    );
+    let (s, _) = d
+        .call_as(None, reqwest::Method::GET, "/v1/workspaces", None)
+        .await;
+    assert_eq!(s, 401, "no token while booting");
+    let health = reqwest::get(format!("{}/healthz", d.url))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200, "healthz while booting");
+    d.wait_ready().await.expect("ready after recovery");
     let (s, list) = d.get("/v1/workspaces").await;
     assert_eq!(s, 200);
     for w in list["items"].as_array().expect("items") {
