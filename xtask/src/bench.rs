@@ -28,15 +28,16 @@ use serde_json::json;
 /// State changes (events) in one create→start→stop→delete cycle.
 const TRANSITIONS_PER_CYCLE: u32 = 7;
 
-struct Row {
-    id: &'static str,
-    case: String,
-    berth: String,
-    baseline: String,
-    ratio: Option<f64>,
-    target: String,
-    verdict: String,
-    extra: serde_json::Value,
+/// One line of BENCHMARKS.md.
+pub(crate) struct Row {
+    pub(crate) id: &'static str,
+    pub(crate) case: String,
+    pub(crate) berth: String,
+    pub(crate) baseline: String,
+    pub(crate) ratio: Option<f64>,
+    pub(crate) target: String,
+    pub(crate) verdict: String,
+    pub(crate) extra: serde_json::Value,
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
@@ -55,21 +56,61 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         return crate::run(root, "cargo", &forwarded);
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // `cargo xtask bench P5 P7` runs only those cases (and prints, not records, them).
+    let only: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| a.to_uppercase())
+        .collect();
+    let wanted = |id: &str| only.is_empty() || only.iter().any(|o| o == id);
+    let bin = crate::bench_api::berth_binary(root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let rows = runtime
         .block_on(async {
-            vec![
-                p1(root, quick).await,
-                p2(root, quick).await,
-                p4(root, quick).await,
-                p6(root, quick).await,
-            ]
+            let mut rows = Vec::new();
+            if wanted("P1") {
+                rows.push(p1(root, quick).await);
+            }
+            if wanted("P2") {
+                rows.push(p2(root, quick).await);
+            }
+            if wanted("P4") {
+                rows.push(p4(root, quick).await);
+            }
+            if wanted("P5") {
+                rows.push(crate::bench_api::p5(root, &bin, quick).await);
+            }
+            if wanted("P6") {
+                rows.push(p6(root, quick).await);
+            }
+            if wanted("P7") {
+                rows.push(crate::bench_api::p7(root, &bin, quick).await);
+            }
+            if wanted("P8") {
+                rows.push(crate::bench_api::p8(root, &bin, quick).await);
+            }
+            rows
         })
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
+    if !only.is_empty() {
+        for r in &rows {
+            eprintln!(
+                "{} {}: {} | {} | {} | {}",
+                r.id,
+                r.case,
+                r.berth,
+                r.baseline,
+                r.ratio
+                    .map_or_else(|| "—".to_owned(), |x| format!("{x:.2}×")),
+                r.verdict
+            );
+        }
+        return Ok(());
+    }
     write_results(root, &rows, quick)
 }
 
@@ -183,7 +224,7 @@ fn fresh() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

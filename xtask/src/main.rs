@@ -5,6 +5,7 @@
 //! README's quick start, and the whole test suite under nextest.
 
 mod bench;
+mod bench_api;
 mod tidy;
 
 use std::path::{Path, PathBuf};

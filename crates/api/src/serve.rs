@@ -11,10 +11,10 @@ use axum::Router;
 use tower::ServiceExt;
 
 use anyhow::{Context, bail};
-use berth_core::Engine;
 use berth_core::engine::EngineConfig;
-use berth_core::ports::{Reporter, SystemClock};
+use berth_core::ports::{Reporter, Store, SystemClock};
 use berth_core::reporter::{QueueReporter, ReportSink, TracingSink};
+use berth_core::{CachedStore, Engine};
 use berth_sqlite::{SqliteOptions, SqliteStore};
 use berth_tmux::{TmuxConfig, TmuxRuntime};
 use serde::Deserialize;
@@ -221,6 +221,35 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes the data directory's exclusive lock (`daemon.lock`, an advisory file lock the
+/// kernel drops when the process exits, however it exits).
+///
+/// # Errors
+/// Another process holds it, or the file cannot be opened.
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another berth serve is already using the data directory {} (it holds {}); stop it or pass another --data-dir",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 /// The admin token file in a data directory.
 pub fn token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.token")
@@ -285,6 +314,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let settings = args.settings()?;
     ensure_data_dir(&settings.data_dir)?;
+    // Held until the process exits: one daemon per data directory.
+    let _lock = lock_data_dir(&settings.data_dir)?;
     let token = match &settings.token {
         Some(t) if t.len() >= 16 => t.clone(),
         Some(_) => bail!("the admin token must be at least 16 characters"),
@@ -296,11 +327,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let addr: SocketAddr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let store = Arc::new(
+    let sqlite: Arc<dyn Store> = Arc::new(
         SqliteStore::open_in(&settings.data_dir, SqliteOptions::default())
             .await
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
     );
+    // This daemon is the data directory's only writer, so workspace rows it read can
+    // be served from memory (`CachedStore` drops a row on every write of it).
+    let store = Arc::new(CachedStore::new(sqlite));
 
     // Registered before the URL is printed: a SIGTERM from then on is a clean shutdown.
     let mut signals = Signals::new()?;

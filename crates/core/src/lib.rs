@@ -61,8 +61,10 @@ pub mod model;
 pub mod ports;
 pub mod reporter;
 pub mod state;
+pub mod store_cache;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use engine::{Engine, EngineBuilder, EngineConfig, EngineError, OpTicket, ShutdownReport};
+pub use store_cache::CachedStore;

@@ -120,3 +120,47 @@ async fn sigterm_drains_exits_zero_keeps_workspaces_and_the_next_serve_recovers(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_data_dir_is_refused_and_the_first_keeps_serving() {
+    let mut d = Daemon::start(&[]).await.expect("daemon");
+    let url_file = d.data_dir().join("daemon.url");
+    let before = std::fs::read_to_string(&url_file).expect("daemon.url");
+    let second = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(berth_tests::berth_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(d.data_dir())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("BERTH_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second serve exits by itself")
+    .expect("spawn");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second serve started: {stderr}");
+    assert!(
+        stderr.contains("already using the data directory"),
+        "the refusal says why: {stderr}"
+    );
+    assert!(
+        second.stdout.is_empty(),
+        "it printed a URL: {:?}",
+        second.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(&url_file).expect("daemon.url"),
+        before,
+        "the refused serve rewrote daemon.url"
+    );
+    assert_eq!(
+        d.get("/readyz").await.0,
+        200,
+        "the first daemon stopped serving"
+    );
+    // Once the first exits, the lock is free again.
+    d.restart().await.expect("a serve after the first exited");
+}

@@ -95,6 +95,7 @@ where
     engine_id_is_created_once(make().await).await;
     names_are_unique_and_a_refused_create_writes_nothing(make().await).await;
     commits_are_versioned_and_atomic(make().await).await;
+    a_read_after_a_commit_sees_it(make().await).await;
     tokens_map_to_their_incarnation(make().await).await;
     listing_pages_cover_everything_once(make().await).await;
     ops_are_an_intent_log(make().await).await;
@@ -157,6 +158,62 @@ async fn names_are_unique_and_a_refused_create_writes_nothing(s: Arc<dyn Store>)
         s.workspace(&WorkspaceId::generate()).await.expect("get"),
         None
     );
+}
+
+/// Reads interleaved with commits: every read returns the row of the last commit that
+/// returned (a store that keeps copies of rows, such as a cache, MUST drop them).
+async fn a_read_after_a_commit_sees_it(s: Arc<dyn Store>) {
+    let a = workspace("reread", 0);
+    s.create_workspace(&a, &event(&a, None, Some(State::Stopped), Cause::Created))
+        .await
+        .expect("create");
+    let mut current = a.clone();
+    for (i, state) in [
+        State::Starting,
+        State::Running,
+        State::Stopping,
+        State::Stopped,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            s.workspace(&a.id).await.expect("get"),
+            Some(current.clone()),
+            "read {i} MUST see the last commit"
+        );
+        let next = moved(&current, state);
+        s.commit(&Commit {
+            workspace: next.clone(),
+            expected_version: current.version,
+            event: None,
+            token: None,
+            ops: Vec::new(),
+        })
+        .await
+        .expect("commit");
+        current = next;
+    }
+    assert_eq!(
+        s.workspace(&a.id).await.expect("get"),
+        Some(current.clone()),
+        "the read after the last commit MUST see it"
+    );
+    // A refused (stale) commit changes nothing that a read sees.
+    let refused = s
+        .commit(&Commit {
+            workspace: moved(&a, State::Failed),
+            expected_version: a.version,
+            event: None,
+            token: None,
+            ops: Vec::new(),
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(s.workspace(&a.id).await.expect("get"), Some(current));
 }
 
 async fn commits_are_versioned_and_atomic(s: Arc<dyn Store>) {
