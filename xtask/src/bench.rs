@@ -77,6 +77,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             if wanted("P2") {
                 rows.push(p2(root, quick).await);
             }
+            if wanted("P3") {
+                rows.push(p3(root, quick).await);
+            }
             if wanted("P4") {
                 rows.push(p4(root, quick).await);
             }
@@ -379,6 +382,117 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
         target: "≤ 1.0×; stretch ≤ 0.6×".into(),
         verdict: verdict.into(),
         extra: json!({ "berth_ms": b * 1e3, "raw_cli_ms": r * 1e3, "cycles": cycles }),
+    })
+}
+
+async fn cli(program: &str, args: &[&str], dir: &Path) -> Result<()> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// P3: a docker workspace through berth (engine, SQLite store, Docker runtime, the
+/// busybox test image): create+start then stop+delete, against `docker run -d` +
+/// `docker rm -f` and against `docker-compose up -d` + `down` for one service.
+async fn p3(root: &Path, quick: bool) -> Result<Row> {
+    use berth_docker::{DockerConfig, DockerRuntime, test_image};
+    let dir = root.join("target/bench/tmp-p3");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cycles = if quick { 3 } else { 10 };
+    let prefix = format!("bench.berth.p3{}", fresh());
+    let runtime = Arc::new(DockerRuntime::new(DockerConfig {
+        label_prefix: prefix.clone(),
+        ..DockerConfig::default()
+    }));
+    let image = test_image::ensure_test_image(&runtime).await?;
+
+    let mut cli_times = Vec::new();
+    for i in 0..cycles {
+        let name = format!("berth-bench-p3-cli-{i}-{}", fresh());
+        let started = Instant::now();
+        cli(
+            "docker",
+            &["run", "-d", "--name", &name, &image, "sleep", "3600"],
+            &dir,
+        )
+        .await?;
+        cli("docker", &["rm", "-f", &name], &dir).await?;
+        cli_times.push(started.elapsed().as_secs_f64());
+    }
+
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        format!(
+            "version: \"3\"\nservices:\n  app:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n"
+        ),
+    )?;
+    // docker-compose (v1, Python) takes seconds per cycle: three give a median.
+    let mut compose = Vec::new();
+    for i in 0..cycles.min(3) {
+        let project = format!("berthbenchp3{i}x{}", fresh());
+        let started = Instant::now();
+        cli("docker-compose", &["-p", &project, "up", "-d"], &dir).await?;
+        cli("docker-compose", &["-p", &project, "down"], &dir).await?;
+        compose.push(started.elapsed().as_secs_f64());
+    }
+
+    let data = dir.join("berth");
+    let store = Arc::new(SqliteStore::open_in(&data, SqliteOptions::default()).await?);
+    let engine = Engine::builder()
+        .store(store)
+        .runtime(runtime.clone())
+        .reporter(Arc::new(QueueReporter::new(1 << 16, vec![])))
+        .config(EngineConfig {
+            reconcile_period: None,
+            stop_grace: Duration::from_secs(5),
+            ..EngineConfig::default()
+        })
+        .build()
+        .await?;
+    let mut berth = Vec::new();
+    for i in 0..cycles {
+        let spec = berth_core::model::WorkspaceSpec {
+            command: vec!["sleep".into(), "3600".into()],
+            image: Some(image.clone()),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        full_cycle(&engine, &format!("p3-{i}"), "docker", spec).await?;
+        berth.push(started.elapsed().as_secs_f64());
+    }
+    engine.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (b, c, k) = (median(berth), median(cli_times), median(compose));
+    let (vs_cli, vs_compose) = (b / c, b / k);
+    let verdict = if vs_cli <= 0.8 && vs_compose <= 0.5 {
+        "pass"
+    } else {
+        "FAIL"
+    };
+    Ok(Row {
+        id: "P3",
+        case: "docker workspace: create+start, stop+delete (engine, SQLite store, Docker runtime, busybox test image)".into(),
+        berth: format!("{:.1} ms/cycle", b * 1e3),
+        baseline: format!(
+            "{:.1} ms/cycle (`docker run -d` + `docker rm -f`); {:.1} ms/cycle (`docker-compose up -d` + `down`, {:.2}×)",
+            c * 1e3,
+            k * 1e3,
+            vs_compose
+        ),
+        ratio: Some(vs_cli),
+        target: "≤ 0.8× the CLI; ≤ 0.5× compose".into(),
+        verdict: verdict.into(),
+        extra: json!({ "berth_ms": b * 1e3, "cli_ms": c * 1e3, "compose_ms": k * 1e3, "vs_cli": vs_cli, "vs_compose": vs_compose, "cycles": cycles }),
     })
 }
 

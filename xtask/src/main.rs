@@ -21,9 +21,10 @@ fn main() -> Result<()> {
         Some("tidy") => tidy::run(&root),
         Some("bench") => bench::run(&root, &args[1..]),
         Some("openapi") => openapi(&root, args.get(1).map(String::as_str) == Some("--check")),
+        Some("test-image") => test_image(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|tidy|bench|openapi [--check]>\n  openapi  writes docs/openapi.json from the code (--check: fails when it differs)\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
+                "usage: cargo xtask <ci|tidy|bench|openapi [--check]|test-image>\n  test-image  imports the busybox test image into the local Docker daemon (no registry)\n  openapi  writes docs/openapi.json from the code (--check: fails when it differs)\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
             );
             bail!("unknown or missing command");
         }
@@ -58,7 +59,73 @@ fn have(program: &str, probe: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// The Docker tests build their image from Debian's static busybox: install it with
+/// apt-get when it is missing and we can, else stop with the exact command.
+fn ensure_busybox() -> Result<()> {
+    if ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .any(|p| Path::new(p).is_file())
+    {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let (program, prefix): (&str, &[&str]) = if root {
+        ("apt-get", &[])
+    } else if have("sudo", &["-n", "true"]) {
+        ("sudo", &["-n", "apt-get"])
+    } else {
+        bail!(
+            "the Docker tests need a static busybox; install it with: sudo apt-get install -y busybox-static"
+        );
+    };
+    let mut install: Vec<&str> = prefix.to_vec();
+    install.extend(["install", "-y", "--no-install-recommends", "busybox-static"]);
+    let direct = Command::new(program)
+        .args(&install)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    if !direct.is_ok_and(|s| s.success()) {
+        let mut update: Vec<&str> = prefix.to_vec();
+        update.push("update");
+        let _ = Command::new(program).args(&update).status();
+        let status = Command::new(program)
+            .args(&install)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("installing busybox-static failed; run: sudo apt-get install -y busybox-static");
+        }
+    }
+    Ok(())
+}
+
+/// `cargo xtask test-image`: imports the Docker test image.
+fn test_image(root: &Path) -> Result<()> {
+    ensure_busybox()?;
+    run(
+        root,
+        "cargo",
+        &[
+            "run",
+            "--locked",
+            "-q",
+            "-p",
+            "berth",
+            "--bin",
+            "berth",
+            "--",
+            "doctor",
+            "--test-image",
+        ],
+    )
+}
+
 fn ci(root: &Path) -> Result<()> {
+    ensure_busybox()?;
     run(root, "cargo", &["fmt", "--all", "--", "--check"])?;
     run(
         root,

@@ -34,6 +34,17 @@ use nix::sys::signal::Signal;
 use client::Tmux;
 use dirs::WorkDir;
 
+/// The dirty check of a directory on this host, as the tmux runtime does it: the
+/// uncommitted and untracked files of a git work tree; clean when the directory is not
+/// one; an error when it cannot be checked. Other runtimes whose workspace directory is
+/// on the host (a Docker bind mount or volume) use it too.
+///
+/// # Errors
+/// The directory is missing or unreadable, or git fails on it.
+pub async fn dirty_check_dir(path: &Path, timeout: Duration) -> Result<DirtyReport, RuntimeError> {
+    dirs::dirty(&WorkDir::User(path.to_owned()), timeout).await
+}
+
 /// Settings of a [`TmuxRuntime`].
 #[derive(Debug, Clone)]
 pub struct TmuxConfig {

@@ -4,7 +4,6 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -48,41 +47,14 @@ fn tmux() -> (Level, String) {
     }
 }
 
-fn docker() -> (Level, String) {
-    let socket = std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
-        .unwrap_or_else(|| "/var/run/docker.sock".to_owned());
-    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
-        Ok(s) => s,
-        Err(e) => {
-            return (
-                Level::Warn,
-                format!("no Docker daemon at {socket} ({e}); docker workspaces are unavailable"),
-            );
-        }
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
-    let request = "GET /version HTTP/1.0\r\nHost: docker\r\n\r\n";
-    let mut answer = String::new();
-    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut answer).is_err()
-    {
-        return (
+async fn docker() -> (Level, String) {
+    let rt = berth_docker::DockerRuntime::new(berth_docker::DockerConfig::default());
+    match rt.version().await {
+        Ok(v) => (Level::Ok, v),
+        Err(e) => (
             Level::Warn,
-            format!("the Docker daemon at {socket} did not answer"),
-        );
-    }
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(v) => (
-            Level::Ok,
-            format!(
-                "Docker {} (API {}) at {socket}",
-                v["Version"].as_str().unwrap_or("?"),
-                v["ApiVersion"].as_str().unwrap_or("?")
-            ),
+            format!("no Docker daemon ({e}); docker workspaces are unavailable"),
         ),
-        Err(_) => (Level::Warn, format!("unexpected answer from {socket}")),
     }
 }
 
@@ -187,7 +159,7 @@ pub async fn run(target: &Target) -> i32 {
     };
     let (l, d) = tmux();
     note(l, "tmux", &d);
-    let (l, d) = docker();
+    let (l, d) = docker().await;
     note(l, "docker", &d);
     match target.data_dir.clone().map_or_else(default_data_dir, Ok) {
         Ok(dir) => {

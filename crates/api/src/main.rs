@@ -52,6 +52,10 @@ enum Command {
     Doctor {
         #[command(flatten)]
         target: Target,
+        /// Instead of the checks: import the busybox test image into the local Docker
+        /// daemon (built from Debian's busybox-static, no registry) and print its name.
+        #[arg(long)]
+        test_image: bool,
     },
     /// Print the OpenAPI document.
     #[command(hide = true)]
@@ -112,7 +116,22 @@ fn main() -> ExitCode {
                 .events(follow, workspace, since)
                 .await
                 .map(|()| 0),
-            Command::Doctor { target } => Ok(berth::doctor::run(&target).await),
+            Command::Doctor {
+                test_image: true, ..
+            } => {
+                let rt = berth_docker::DockerRuntime::new(berth_docker::DockerConfig::default());
+                match berth_docker::test_image::ensure_test_image(&rt).await {
+                    Ok(image) => {
+                        println!("{image}");
+                        Ok(0)
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        Ok(1)
+                    }
+                }
+            }
+            Command::Doctor { target, .. } => Ok(berth::doctor::run(&target).await),
             Command::Openapi => {
                 print!("{}", berth::openapi::document());
                 Ok(0)

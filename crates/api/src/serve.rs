@@ -12,9 +12,10 @@ use tower::ServiceExt;
 
 use anyhow::{Context, bail};
 use berth_core::engine::EngineConfig;
-use berth_core::ports::{Reporter, Store, SystemClock};
+use berth_core::ports::{ProcessRuntime, Reporter, Store, SystemClock};
 use berth_core::reporter::{QueueReporter, ReportSink, TracingSink};
 use berth_core::{CachedStore, Engine};
+use berth_docker::{DockerConfig, DockerRuntime};
 use berth_sqlite::{SqliteOptions, SqliteStore};
 use berth_tmux::{TmuxConfig, TmuxRuntime};
 use serde::Deserialize;
@@ -67,6 +68,10 @@ pub struct ServeArgs {
     /// Longest an HTTP request may take; waits are capped 5 s below it. [default: 300s]
     #[arg(long, env = "BERTH_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
+    /// Image of a docker workspace whose spec names none (the Docker daemon is found
+    /// through DOCKER_HOST or its default socket). [default: none: the spec must name one]
+    #[arg(long, env = "BERTH_DOCKER_IMAGE")]
+    pub docker_image: Option<String>,
 }
 
 /// The TOML file's shape.
@@ -87,6 +92,7 @@ struct FileConfig {
     drain_deadline: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     request_timeout: Option<Duration>,
+    docker_image: Option<String>,
 }
 
 mod opt_duration {
@@ -116,6 +122,8 @@ pub struct Settings {
     pub engine: EngineConfig,
     /// Longest request.
     pub request_timeout: Duration,
+    /// Default image of docker workspaces.
+    pub docker_image: Option<String>,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/berth`, else `~/.local/share/berth`.
@@ -186,6 +194,7 @@ impl ServeArgs {
                 .request_timeout
                 .or(file.request_timeout)
                 .unwrap_or(Duration::from_secs(300)),
+            docker_image: self.docker_image.clone().or(file.docker_image),
         })
     }
 }
@@ -366,6 +375,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
 
     let tmux = Arc::new(TmuxRuntime::new(TmuxConfig::new(&settings.data_dir)));
     let tmux_version = TmuxRuntime::version().await;
+    let docker = Arc::new(DockerRuntime::new(DockerConfig {
+        default_image: settings.docker_image.clone(),
+        ..DockerConfig::default()
+    }));
+    let docker_version = docker.version().await;
     let hub = Arc::new(EventHub::new());
     let metrics = Arc::new(Metrics::default());
     let sinks: Vec<Arc<dyn ReportSink>> = vec![
@@ -377,6 +391,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let build = Engine::builder()
         .store(store)
         .runtime(tmux)
+        .runtime(Arc::clone(&docker) as Arc<dyn ProcessRuntime>)
         .reporter(reporter)
         .clock(Arc::new(SystemClock))
         .config(EngineConfig {
@@ -405,6 +420,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .await
         .context("reading the event log")?;
     hub.run_pump(engine.clone(), &tracker, closing.clone(), start_seq);
+    watch_docker(&docker, &engine, &tracker, &closing);
     let mut state = AppState::new(
         engine.clone(),
         &token,
@@ -424,7 +440,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             Err(e) => format!("tmux (not working: {e})"),
         };
         println!("berth {} serving", env!("CARGO_PKG_VERSION"));
-        println!("runtimes: {tmux_line}; docker: not built into this version");
+        let docker_line = match &docker_version {
+            Ok(v) => format!("docker ({v})"),
+            Err(e) => format!("docker (unreachable now, retried on each request: {e})"),
+        };
+        println!("runtimes: {tmux_line}; {docker_line}");
         println!("data dir: {}", settings.data_dir.display());
         println!("admin token: {}", token_path(&settings.data_dir).display());
         if let Some(r) = engine.recovery_report() {
@@ -473,6 +493,40 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if report.is_ok() { 0 } else { 1 })
+}
+
+/// Docker's container events (die, destroy, oom) wake a reconcile pass, so a container
+/// removed from outside is noticed at once rather than at the next periodic pass.
+/// Bursts coalesce into one pass; both tasks end when the daemon begins to close.
+fn watch_docker(
+    docker: &Arc<DockerRuntime>,
+    engine: &Engine,
+    tracker: &TaskTracker,
+    closing: &CancellationToken,
+) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (rt, id, cancel, notify) = (
+        Arc::clone(docker),
+        engine.engine_id().clone(),
+        closing.clone(),
+        Arc::clone(&wake),
+    );
+    tracker.spawn(async move {
+        rt.watch_events(&id, &cancel, || notify.notify_one()).await;
+    });
+    let (engine, cancel) = (engine.clone(), closing.clone());
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = wake.notified() => {}
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                report = engine.reconcile() => tracing::debug!(?report, "reconcile after a docker event"),
+            }
+        }
+    });
 }
 
 /// A router that serves `booting` until `live` holds the full router.

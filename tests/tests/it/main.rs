@@ -1,7 +1,8 @@
 //! Black-box tests of the `berth` binary: the real daemon on port 0, a temp data dir,
-//! the real tmux runtime, HTTP.
+//! the real tmux runtime (and Docker, when a daemon answers), HTTP.
 
 mod api;
+mod docker;
 mod lifecycle;
 mod quickstart;
 mod shutdown;

@@ -1,0 +1,1041 @@
+//! `DockerRuntime`: berth's [`ProcessRuntime`] for container workspaces, through the
+//! Docker Engine API (bollard).
+//!
+//! - One container per workspace, named `berth-<engine id>-<workspace id>` and labelled
+//!   `<prefix>.engine`, `<prefix>.workspace`, `<prefix>.incarnation` (prefix
+//!   `dev.berth` unless configured), plus `<prefix>.created` (orphan ages count from it). Containers are found by exact name (inspect) or
+//!   by label filter, never by Docker's name filter (it matches substrings). A
+//!   container without our engine label is never stopped, removed or adopted.
+//! - Launch is create+start and conflict-proof: "name in use" → inspect: ours with
+//!   this incarnation → adopt; ours, another incarnation, not running → remove and
+//!   retry; ours, another incarnation, running → `Conflict{NameInUse}` (the engine
+//!   stops it first); "removal in progress" → wait and retry; not ours →
+//!   `Conflict{Foreign}` naming the container.
+//! - Hardening: every capability dropped, `no-new-privileges`, pids/memory/CPU limits
+//!   (a spec may tighten the configured ones, never loosen them), Docker's init as
+//!   PID 1, never privileged, the Docker socket never mounted.
+//! - Workspace data: a host `dir` bind-mounted at `/workspace`, or a named volume per
+//!   workspace (labelled; removed on delete). A user's directory is never removed.
+//! - Sessions run as execs: a small `sh` script starts the command with `setsid`, so
+//!   the session is a process group whose leader's pid is written to
+//!   `/tmp/.berth-sessions/<name>.<generation>.pid`; its output goes to `.log`, its
+//!   exit code to `.exit`. Stopping signals the whole group (SIGTERM, the grace, then
+//!   SIGKILL). Sessions need `sh`, `kill`, `sleep`, `setsid` and `tail` in the image.
+//! - The daemon is reached lazily: the API version is negotiated on first use (the
+//!   daemon may be older than bollard), and after a connection error the next call
+//!   connects and negotiates again, so a restarted daemon is picked up.
+
+mod sessions;
+pub mod test_image;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_core::ids::{EngineId, Incarnation, RuntimeKind, WorkspaceId};
+use berth_core::model::Timestamp;
+use berth_core::ports::{
+    CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime,
+    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef,
+    WorkspaceRef,
+};
+use bollard::Docker;
+use bollard::container::{
+    Config, CreateContainerOptions, ListContainersOptions, LogOutput, LogsOptions,
+    RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, Mount, MountTypeEnum,
+};
+use bollard::system::EventsOptions;
+use bollard::volume::{CreateVolumeOptions, RemoveVolumeOptions};
+use futures_util::StreamExt;
+use slot::Slot;
+use tokio_util::sync::CancellationToken;
+
+/// Where the workspace's data is mounted in its container.
+pub const WORKSPACE_MOUNT: &str = "/workspace";
+
+/// Settings of a [`DockerRuntime`].
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// `unix:///path`, `tcp://host:port`, or `None` for `DOCKER_HOST` or the default
+    /// socket.
+    pub host: Option<String>,
+    /// The image of a workspace whose spec names none. `None`: such a spec is refused.
+    pub default_image: Option<String>,
+    /// Label prefix: `<prefix>.engine`, `.workspace`, `.incarnation`.
+    pub label_prefix: String,
+    /// Memory limit in bytes (a spec may ask for less).
+    pub memory_bytes: u64,
+    /// CPU limit in thousandths of a CPU (a spec may ask for less).
+    pub millicpus: u64,
+    /// Process limit (a spec may ask for less).
+    pub pids: u64,
+    /// Capabilities added back after dropping all. Empty by default; this is the one
+    /// documented way to loosen the hardening (privileged mode is never used).
+    pub extra_capabilities: Vec<String>,
+    /// Bound on one API call (stop adds the grace period to it).
+    pub call_timeout: Duration,
+    /// How long a launch keeps retrying name conflicts (removals in progress).
+    pub start_deadline: Duration,
+    /// The daemon's socket path, whose mount is refused.
+    pub docker_socket: PathBuf,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            default_image: None,
+            label_prefix: "dev.berth".into(),
+            memory_bytes: 2 * 1024 * 1024 * 1024,
+            millicpus: 2000,
+            pids: 1024,
+            extra_capabilities: Vec::new(),
+            call_timeout: Duration::from_secs(30),
+            start_deadline: Duration::from_secs(60),
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+        }
+    }
+}
+
+mod slot {
+    //! A lazily filled, resettable slot for the negotiated client.
+    use tokio::sync::Mutex;
+
+    #[derive(Debug)]
+    pub(crate) struct Slot<T>(Mutex<Option<T>>);
+
+    impl<T> Default for Slot<T> {
+        fn default() -> Self {
+            Self(Mutex::new(None))
+        }
+    }
+
+    impl<T: Clone> Slot<T> {
+        pub(crate) async fn get_or_try_init<E, F, Fut>(&self, init: F) -> Result<T, E>
+        where
+            F: FnOnce() -> Fut,
+            Fut: std::future::Future<Output = Result<T, E>>,
+        {
+            let mut guard = self.0.lock().await;
+            if let Some(v) = guard.as_ref() {
+                return Ok(v.clone());
+            }
+            let v = init().await?;
+            *guard = Some(v.clone());
+            Ok(v)
+        }
+
+        pub(crate) async fn reset(&self) {
+            *self.0.lock().await = None;
+        }
+    }
+}
+
+/// The Docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    config: Arc<DockerConfig>,
+    client: Arc<Slot<Docker>>,
+}
+
+/// The labels of one of our containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    engine: String,
+    workspace: String,
+    incarnation: u64,
+    /// When berth launched it (`<prefix>.created`), if labelled.
+    created: Option<Timestamp>,
+}
+
+impl DockerRuntime {
+    /// A runtime with `config`. Nothing is contacted until the first call.
+    pub fn new(config: DockerConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            client: Arc::new(Slot::default()),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    /// The daemon's version and API version (for `berth doctor` and start-up).
+    ///
+    /// # Errors
+    /// `Unavailable` when the daemon does not answer.
+    pub async fn version(&self) -> Result<String, RuntimeError> {
+        let docker = self.docker().await?;
+        let v = self.call("version", docker.version()).await?;
+        Ok(format!(
+            "Docker Engine {}, API {}",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default()
+        ))
+    }
+
+    /// Follows the daemon's `die`, `destroy` and `oom` events of `engine_id`'s
+    /// containers and calls `on_event` for each, and once after every (re)connection
+    /// (events missed while disconnected are then caught by the pass it triggers).
+    /// Reconnects with backoff after the stream fails or the daemon restarts; returns
+    /// when `cancel` fires. The periodic reconcile stays the safety net.
+    pub async fn watch_events(
+        &self,
+        engine_id: &EngineId,
+        cancel: &CancellationToken,
+        on_event: impl Fn() + Send + Sync,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if let Ok(docker) = self.docker().await {
+                let filters = HashMap::from([
+                    ("type".to_owned(), vec!["container".to_owned()]),
+                    (
+                        "label".to_owned(),
+                        vec![format!("{}={engine_id}", self.label("engine"))],
+                    ),
+                    (
+                        "event".to_owned(),
+                        vec!["die".to_owned(), "destroy".to_owned(), "oom".to_owned()],
+                    ),
+                ]);
+                let mut stream = docker.events(Some(EventsOptions::<String> {
+                    filters,
+                    ..Default::default()
+                }));
+                on_event();
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        item = stream.next() => match item {
+                            Some(Ok(_)) => {
+                                backoff = Duration::from_millis(100);
+                                on_event();
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "docker events stream failed; reconnecting");
+                                self.client.reset().await;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// The negotiated client (connecting and negotiating on first use).
+    pub(crate) async fn docker(&self) -> Result<Docker, RuntimeError> {
+        let config = Arc::clone(&self.config);
+        self.client
+            .get_or_try_init(|| async move {
+                let docker = match &config.host {
+                    Some(h) if h.starts_with("unix://") => {
+                        Docker::connect_with_unix(h, 600, bollard::API_DEFAULT_VERSION)
+                    }
+                    Some(h) => Docker::connect_with_http(h, 600, bollard::API_DEFAULT_VERSION),
+                    None => Docker::connect_with_defaults(),
+                }
+                .map_err(|e| unavailable(&e))?;
+                tokio::time::timeout(config.call_timeout, docker.negotiate_version())
+                    .await
+                    .map_err(|_| RuntimeError::Unavailable {
+                        message: "the Docker daemon did not answer the version negotiation".into(),
+                    })?
+                    .map_err(|e| unavailable(&e))
+            })
+            .await
+    }
+
+    /// Runs one API call under the call timeout; a connection failure forgets the
+    /// client so the next call reconnects.
+    pub(crate) async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, BollardError>>,
+    ) -> Result<T, RuntimeError> {
+        self.call_within(what, self.config.call_timeout, fut).await
+    }
+
+    pub(crate) async fn call_within<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        fut: impl std::future::Future<Output = Result<T, BollardError>>,
+    ) -> Result<T, RuntimeError> {
+        match tokio::time::timeout(limit, fut).await {
+            Err(_) => Err(RuntimeError::Timeout {
+                operation: format!("docker {what}"),
+                after: limit,
+            }),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let mapped = map_error(what, &e);
+                if matches!(mapped, RuntimeError::Unavailable { .. }) {
+                    self.client.reset().await;
+                }
+                Err(mapped)
+            }
+        }
+    }
+
+    fn name(&self, engine: &EngineId, workspace: &WorkspaceId) -> String {
+        format!("berth-{engine}-{workspace}")
+    }
+
+    fn volume_name(&self, engine: &EngineId, workspace: &WorkspaceId) -> String {
+        format!("berth-{engine}-{workspace}-data")
+    }
+
+    fn label(&self, key: &str) -> String {
+        format!("{}.{key}", self.config.label_prefix)
+    }
+
+    fn owner(&self, labels: Option<&HashMap<String, String>>) -> Option<Owner> {
+        let labels = labels?;
+        Some(Owner {
+            engine: labels.get(&self.label("engine"))?.clone(),
+            workspace: labels.get(&self.label("workspace"))?.clone(),
+            incarnation: labels.get(&self.label("incarnation"))?.parse().ok()?,
+            created: labels
+                .get(&self.label("created"))
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        })
+    }
+
+    /// Inspects a container by exact name; `None` when it does not exist.
+    pub(crate) async fn inspect_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+        let docker = self.docker().await?;
+        match self
+            .call("inspect", docker.inspect_container(name, None))
+            .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(RuntimeError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Our container of `resource`'s workspace with its owner labels, or `None` when
+    /// there is none or it is not ours.
+    pub(crate) async fn ours(
+        &self,
+        engine: &EngineId,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<(ContainerInspectResponse, Owner)>, RuntimeError> {
+        let Some(c) = self.inspect_name(&self.name(engine, workspace)).await? else {
+            return Ok(None);
+        };
+        let owner = self.owner(c.config.as_ref().and_then(|c| c.labels.as_ref()));
+        Ok(match owner {
+            Some(o) if o.engine == engine.as_str() && o.workspace == workspace.as_str() => {
+                Some((c, o))
+            }
+            _ => None,
+        })
+    }
+
+    /// Our running container of exactly `resource`'s incarnation (sessions live in it).
+    pub(crate) async fn running_incarnation(
+        &self,
+        resource: &ResourceRef,
+    ) -> Result<String, RuntimeError> {
+        let name = self.name(&resource.engine_id, &resource.workspace_id);
+        match self
+            .ours(&resource.engine_id, &resource.workspace_id)
+            .await?
+        {
+            Some((c, o)) if o.incarnation == resource.incarnation.0 && is_running(&c) => Ok(name),
+            _ => Err(RuntimeError::NotFound {
+                resource: format!(
+                    "running container {name} (incarnation {})",
+                    resource.incarnation
+                ),
+            }),
+        }
+    }
+
+    fn limits(&self, spec: &berth_core::model::WorkspaceSpec) -> (i64, i64, i64) {
+        let asked = spec.limits.clone().unwrap_or_default();
+        let memory = asked.memory_bytes.map_or(self.config.memory_bytes, |m| {
+            m.min(self.config.memory_bytes)
+        });
+        let millicpus = asked
+            .millicpus
+            .map_or(self.config.millicpus, |m| m.min(self.config.millicpus));
+        let pids = asked
+            .pids
+            .map_or(self.config.pids, |p| p.min(self.config.pids));
+        (
+            i64::try_from(memory).unwrap_or(i64::MAX),
+            i64::try_from(millicpus.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+            i64::try_from(pids).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// The mount of the workspace's data at `/workspace`.
+    fn mount(&self, engine: &EngineId, ws: &WorkspaceRef) -> Result<Mount, RuntimeError> {
+        if let Some(dir) = &ws.spec.dir {
+            let path = std::path::Path::new(dir);
+            let real = std::fs::canonicalize(path).map_err(|e| RuntimeError::Other {
+                resource: dir.clone(),
+                message: format!("the workspace directory cannot be used: {e}"),
+            })?;
+            let socket = std::fs::canonicalize(&self.config.docker_socket)
+                .unwrap_or_else(|_| self.config.docker_socket.clone());
+            if socket.starts_with(&real) {
+                return Err(RuntimeError::Other {
+                    resource: dir.clone(),
+                    message: format!(
+                        "mounting {} would expose the Docker socket {}; refused",
+                        real.display(),
+                        socket.display()
+                    ),
+                });
+            }
+            return Ok(Mount {
+                target: Some(WORKSPACE_MOUNT.into()),
+                source: Some(real.to_string_lossy().into_owned()),
+                typ: Some(MountTypeEnum::BIND),
+                ..Default::default()
+            });
+        }
+        Ok(Mount {
+            target: Some(WORKSPACE_MOUNT.into()),
+            source: Some(self.volume_name(engine, &ws.workspace_id)),
+            typ: Some(MountTypeEnum::VOLUME),
+            ..Default::default()
+        })
+    }
+
+    async fn create_and_start(&self, request: &LaunchRequest) -> Result<(), RuntimeError> {
+        let r = &request.resource;
+        let name = self.name(&r.engine_id, &r.workspace_id);
+        let image = request
+            .spec
+            .image
+            .clone()
+            .or_else(|| self.config.default_image.clone())
+            .ok_or_else(|| RuntimeError::Other {
+                resource: name.clone(),
+                message: "the workspace names no image and no default image is configured".into(),
+            })?;
+        let wref = WorkspaceRef {
+            engine_id: r.engine_id.clone(),
+            workspace_id: r.workspace_id.clone(),
+            spec: request.spec.clone(),
+        };
+        let mount = self.mount(&r.engine_id, &wref)?;
+        let (memory, nano_cpus, pids) = self.limits(&request.spec);
+        let labels = HashMap::from([
+            (self.label("engine"), r.engine_id.to_string()),
+            (self.label("workspace"), r.workspace_id.to_string()),
+            (self.label("incarnation"), r.incarnation.0.to_string()),
+            (self.label("created"), chrono::Utc::now().to_rfc3339()),
+        ]);
+        let config = Config {
+            image: Some(image),
+            cmd: (!request.spec.command.is_empty()).then(|| request.spec.command.clone()),
+            env: Some(
+                request
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            labels: Some(labels),
+            working_dir: Some(WORKSPACE_MOUNT.into()),
+            host_config: Some(HostConfig {
+                init: Some(true),
+                privileged: Some(false),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(self.config.extra_capabilities.clone()),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some(nano_cpus),
+                pids_limit: Some(pids),
+                mounts: Some(vec![mount]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let docker = self.docker().await?;
+        let deadline = tokio::time::Instant::now() + self.config.start_deadline;
+        loop {
+            let created = self
+                .call(
+                    "create",
+                    docker.create_container(
+                        Some(CreateContainerOptions {
+                            name: name.clone(),
+                            platform: None,
+                        }),
+                        config.clone(),
+                    ),
+                )
+                .await;
+            match created {
+                Ok(_) => return self.start(&docker, &name).await,
+                Err(RuntimeError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            // The name is taken: decide from what holds it.
+            match self.inspect_name(&name).await? {
+                None => {} // removed meanwhile: create again
+                Some(c) => {
+                    let owner = self.owner(c.config.as_ref().and_then(|c| c.labels.as_ref()));
+                    let ours = owner.as_ref().filter(|o| {
+                        o.engine == r.engine_id.as_str() && o.workspace == r.workspace_id.as_str()
+                    });
+                    let Some(o) = ours else {
+                        return Err(RuntimeError::Conflict {
+                            resource: name.clone(),
+                            reason: ConflictReason::Foreign,
+                            message: format!(
+                                "the container name {name} is held by a container berth does not own ({}); it is left alone",
+                                c.id.as_deref().unwrap_or("?")
+                            ),
+                        });
+                    };
+                    let state = container_state(&c);
+                    if o.incarnation == r.incarnation.0 {
+                        // Ours, this incarnation: adopt (start it if it never ran).
+                        if state == Some(ContainerStateStatusEnum::CREATED) {
+                            return self.start(&docker, &name).await;
+                        }
+                        return Ok(());
+                    }
+                    if state == Some(ContainerStateStatusEnum::RUNNING)
+                        || state == Some(ContainerStateStatusEnum::RESTARTING)
+                        || state == Some(ContainerStateStatusEnum::PAUSED)
+                    {
+                        return Err(RuntimeError::Conflict {
+                            resource: name.clone(),
+                            reason: ConflictReason::NameInUse,
+                            message: format!(
+                                "{name} still runs incarnation {}; stop it first",
+                                o.incarnation
+                            ),
+                        });
+                    }
+                    if state != Some(ContainerStateStatusEnum::REMOVING) {
+                        // A stale container of ours: replace it.
+                        match self.force_remove(&docker, &name).await {
+                            Ok(()) | Err(RuntimeError::Conflict { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Conflict {
+                    resource: name.clone(),
+                    reason: ConflictReason::RemovalInProgress,
+                    message: format!(
+                        "{name} was still being removed after {:?}",
+                        self.config.start_deadline
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn start(&self, docker: &Docker, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .call(
+                "start",
+                docker.start_container(name, None::<StartContainerOptions<String>>),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(RuntimeError::Other { message, .. }) if message.contains("304") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn force_remove(&self, docker: &Docker, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .call(
+                "remove",
+                docker.remove_container(
+                    name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        v: false,
+                        link: false,
+                    }),
+                ),
+            )
+            .await
+        {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Our container if it carries `resource`'s incarnation; `Ok(None)` when there is
+    /// none (or it is not ours); `IncarnationMismatch` when it is another incarnation.
+    async fn fenced(
+        &self,
+        resource: &ResourceRef,
+    ) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+        let Some((c, o)) = self
+            .ours(&resource.engine_id, &resource.workspace_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if o.incarnation != resource.incarnation.0 {
+            return Err(RuntimeError::Conflict {
+                resource: self.name(&resource.engine_id, &resource.workspace_id),
+                reason: ConflictReason::IncarnationMismatch,
+                message: format!(
+                    "the container carries incarnation {}, not {}",
+                    o.incarnation, resource.incarnation
+                ),
+            });
+        }
+        Ok(Some(c))
+    }
+
+    /// The listing entry of a main container; its age counts from berth's `created`
+    /// label, else from Docker's creation time.
+    fn resource_of(
+        &self,
+        owner: &Owner,
+        created: Timestamp,
+        status: ProcessStatus,
+    ) -> Option<OwnedResource> {
+        Some(OwnedResource {
+            workspace_id: WorkspaceId::parse(&owner.workspace).ok()?,
+            incarnation: Incarnation(owner.incarnation),
+            kind: ResourceKind::Main,
+            created_at: owner.created.unwrap_or(created),
+            status,
+        })
+    }
+
+    /// The host directory holding the workspace's data: the user's `dir`, or the
+    /// volume's mount point.
+    async fn data_dir(&self, ws: &WorkspaceRef) -> Result<PathBuf, RuntimeError> {
+        if let Some(dir) = &ws.spec.dir {
+            return Ok(PathBuf::from(dir));
+        }
+        let docker = self.docker().await?;
+        let name = self.volume_name(&ws.engine_id, &ws.workspace_id);
+        let volume = self
+            .call("volume inspect", docker.inspect_volume(&name))
+            .await?;
+        Ok(PathBuf::from(volume.mountpoint))
+    }
+}
+
+fn container_state(c: &ContainerInspectResponse) -> Option<ContainerStateStatusEnum> {
+    c.state.as_ref().and_then(|s| s.status)
+}
+
+fn is_running(c: &ContainerInspectResponse) -> bool {
+    c.state.as_ref().and_then(|s| s.running) == Some(true)
+}
+
+fn status_of(c: &ContainerInspectResponse) -> ProcessStatus {
+    if is_running(c) {
+        return ProcessStatus::Running;
+    }
+    match container_state(c) {
+        Some(ContainerStateStatusEnum::CREATED) | None => ProcessStatus::Exited(None),
+        _ => ProcessStatus::Exited(c.state.as_ref().and_then(|s| s.exit_code)),
+    }
+}
+
+fn parse_time(text: Option<&str>) -> Timestamp {
+    text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(chrono::Utc::now)
+}
+
+fn unavailable(e: &BollardError) -> RuntimeError {
+    RuntimeError::Unavailable {
+        message: format!("cannot reach the Docker daemon: {e}"),
+    }
+}
+
+/// Maps bollard's errors onto the port's: 404 → `NotFound`, 409 → `Conflict`
+/// (`RemovalInProgress` when Docker says so, else `NameInUse`), connection failures →
+/// `Unavailable`, anything else → `Other` with the call named.
+fn map_error(what: &str, e: &BollardError) -> RuntimeError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => match status_code {
+            404 => RuntimeError::NotFound {
+                resource: message.clone(),
+            },
+            409 => RuntimeError::Conflict {
+                resource: what.into(),
+                reason: if message.contains("removal") {
+                    ConflictReason::RemovalInProgress
+                } else {
+                    ConflictReason::NameInUse
+                },
+                message: message.clone(),
+            },
+            304 => RuntimeError::Other {
+                resource: what.into(),
+                message: "304 not modified".into(),
+            },
+            _ => RuntimeError::Other {
+                resource: format!("docker {what}"),
+                message: format!("{status_code}: {message}"),
+            },
+        },
+        BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::HyperLegacyError { .. }
+        | BollardError::SocketNotFoundError(_)
+        | BollardError::RequestTimeoutError => unavailable(e),
+        other => RuntimeError::Other {
+            resource: format!("docker {what}"),
+            message: other.to_string(),
+        },
+    }
+}
+
+#[async_trait]
+impl ProcessRuntime for DockerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::parse("docker").unwrap_or_else(|_| unreachable!("a valid runtime name"))
+    }
+
+    async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
+        if let Some(dir) = &workspace.spec.dir {
+            let meta = tokio::fs::metadata(dir)
+                .await
+                .map_err(|e| RuntimeError::Other {
+                    resource: dir.clone(),
+                    message: format!("the workspace directory cannot be used: {e}"),
+                })?;
+            if !meta.is_dir() {
+                return Err(RuntimeError::Other {
+                    resource: dir.clone(),
+                    message: "is not a directory".into(),
+                });
+            }
+            return Ok(Some(WORKSPACE_MOUNT.into()));
+        }
+        let docker = self.docker().await?;
+        let name = self.volume_name(&workspace.engine_id, &workspace.workspace_id);
+        let labels = HashMap::from([
+            (self.label("engine"), workspace.engine_id.to_string()),
+            (self.label("workspace"), workspace.workspace_id.to_string()),
+        ]);
+        // Creating an existing volume returns it: idempotent.
+        self.call(
+            "volume create",
+            docker.create_volume(CreateVolumeOptions {
+                name: name.clone(),
+                driver: "local".into(),
+                driver_opts: HashMap::new(),
+                labels,
+            }),
+        )
+        .await?;
+        Ok(Some(WORKSPACE_MOUNT.into()))
+    }
+
+    async fn launch(&self, request: &LaunchRequest) -> Result<(), RuntimeError> {
+        self.create_and_start(request).await
+    }
+
+    async fn stop(&self, resource: &ResourceRef, grace: Duration) -> Result<(), RuntimeError> {
+        let Some(c) = self.fenced(resource).await? else {
+            return Ok(());
+        };
+        if !is_running(&c) {
+            return Ok(());
+        }
+        let name = self.name(&resource.engine_id, &resource.workspace_id);
+        let docker = self.docker().await?;
+        let secs = i64::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+            .unwrap_or(i64::MAX);
+        match self
+            .call_within(
+                "stop",
+                self.config.call_timeout + grace,
+                docker.stop_container(&name, Some(StopContainerOptions { t: secs })),
+            )
+            .await
+        {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(RuntimeError::Other { message, .. }) if message.contains("304") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove(&self, resource: &ResourceRef) -> Result<(), RuntimeError> {
+        if self.fenced(resource).await?.is_none() {
+            return Ok(());
+        }
+        let name = self.name(&resource.engine_id, &resource.workspace_id);
+        let docker = self.docker().await?;
+        let deadline = tokio::time::Instant::now() + self.config.start_deadline;
+        loop {
+            match self.force_remove(&docker, &name).await {
+                Ok(()) => return Ok(()),
+                Err(RuntimeError::Conflict {
+                    reason: ConflictReason::RemovalInProgress,
+                    ..
+                }) if tokio::time::Instant::now() < deadline => {
+                    // Docker is already removing it: wait until it is gone.
+                    if self.inspect_name(&name).await?.is_none() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn cleanup(&self, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
+        if workspace.spec.dir.is_some() {
+            // The user's directory: never removed.
+            return Ok(());
+        }
+        let docker = self.docker().await?;
+        let name = self.volume_name(&workspace.engine_id, &workspace.workspace_id);
+        let volume = match self
+            .call("volume inspect", docker.inspect_volume(&name))
+            .await
+        {
+            Ok(v) => v,
+            Err(RuntimeError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mine = volume.labels.get(&self.label("engine")).map(String::as_str)
+            == Some(workspace.engine_id.as_str());
+        if !mine {
+            return Ok(());
+        }
+        match self
+            .call(
+                "volume remove",
+                docker.remove_volume(&name, Some(RemoveVolumeOptions { force: false })),
+            )
+            .await
+        {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn inspect(
+        &self,
+        engine_id: &EngineId,
+        workspace_id: &WorkspaceId,
+    ) -> Result<Option<OwnedResource>, RuntimeError> {
+        let Some((c, o)) = self.ours(engine_id, workspace_id).await? else {
+            return Ok(None);
+        };
+        Ok(self.resource_of(&o, parse_time(c.created.as_deref()), status_of(&c)))
+    }
+
+    async fn list_owned(&self, engine_id: &EngineId) -> Result<Vec<OwnedResource>, RuntimeError> {
+        let docker = self.docker().await?;
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{}={engine_id}", self.label("engine"))],
+        )]);
+        let listed = self
+            .call(
+                "list",
+                docker.list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters,
+                    ..Default::default()
+                })),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for summary in listed {
+            let Some(owner) = self.owner(summary.labels.as_ref()) else {
+                continue;
+            };
+            if owner.engine != engine_id.as_str() {
+                continue;
+            }
+            let created = summary
+                .created
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+                .unwrap_or_else(chrono::Utc::now);
+            let running = summary.state.as_deref() == Some("running");
+            let status = if running {
+                ProcessStatus::Running
+            } else {
+                ProcessStatus::Exited(exit_code_of(summary.status.as_deref()))
+            };
+            let Some(main) = self.resource_of(&owner, created, status) else {
+                continue;
+            };
+            if running {
+                let name = summary
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default();
+                out.extend(
+                    sessions::list(self, &name, &main.workspace_id, main.incarnation).await?,
+                );
+            }
+            out.push(main);
+        }
+        Ok(out)
+    }
+
+    async fn launch_session(&self, launch: &SessionLaunch) -> Result<(), RuntimeError> {
+        let container = self.running_incarnation(&launch.resource).await?;
+        sessions::launch(self, &container, launch).await
+    }
+
+    async fn stop_session(
+        &self,
+        session: &SessionRef,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let Some((c, _)) = self.ours(&session.engine_id, &session.workspace_id).await? else {
+            return Ok(());
+        };
+        if !is_running(&c) {
+            return Ok(());
+        }
+        let name = self.name(&session.engine_id, &session.workspace_id);
+        sessions::stop(self, &name, session, grace).await
+    }
+
+    async fn capture(
+        &self,
+        target: &CaptureTarget,
+        lines: usize,
+    ) -> Result<Vec<String>, RuntimeError> {
+        match target {
+            CaptureTarget::Main(r) => {
+                let name = self.name(&r.engine_id, &r.workspace_id);
+                match self.fenced(r).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(RuntimeError::Conflict { .. }) => {
+                        return Err(RuntimeError::NotFound {
+                            resource: format!("container {name} (incarnation {})", r.incarnation),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+                let docker = self.docker().await?;
+                let mut stream = docker.logs(
+                    &name,
+                    Some(LogsOptions::<String> {
+                        stdout: true,
+                        stderr: true,
+                        tail: lines.to_string(),
+                        ..Default::default()
+                    }),
+                );
+                let mut text = Vec::new();
+                let read = async {
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(
+                                LogOutput::StdOut { message }
+                                | LogOutput::StdErr { message }
+                                | LogOutput::Console { message },
+                            ) => {
+                                text.extend_from_slice(&message);
+                            }
+                            Ok(LogOutput::StdIn { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(())
+                };
+                self.call("logs", read).await?;
+                Ok(last_lines(&text, lines))
+            }
+            CaptureTarget::Session(s) => {
+                let Some((c, _)) = self.ours(&s.engine_id, &s.workspace_id).await? else {
+                    return Err(RuntimeError::NotFound {
+                        resource: format!("session {} of {}", s.name, s.workspace_id),
+                    });
+                };
+                if !is_running(&c) {
+                    return Err(RuntimeError::NotFound {
+                        resource: format!("session {} of {}", s.name, s.workspace_id),
+                    });
+                }
+                let name = self.name(&s.engine_id, &s.workspace_id);
+                sessions::capture(self, &name, s, lines).await
+            }
+        }
+    }
+
+    async fn dirty_check(&self, workspace: &WorkspaceRef) -> Result<DirtyReport, RuntimeError> {
+        let dir = self.data_dir(workspace).await?;
+        berth_tmux::dirty_check_dir(&dir, Duration::from_secs(120)).await
+    }
+}
+
+/// The exit code in a container summary's status text ("Exited (7) 3 seconds ago").
+fn exit_code_of(status: Option<&str>) -> Option<i64> {
+    let rest = status?.strip_prefix("Exited (")?;
+    rest.split(')').next()?.parse().ok()
+}
+
+/// The last `n` lines of `text`, lossily decoded.
+pub(crate) fn last_lines(text: &[u8], n: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(text);
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let skip = lines.len().saturating_sub(n);
+    lines.into_iter().skip(skip).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_come_from_the_status_text() {
+        assert_eq!(exit_code_of(Some("Exited (7) 3 seconds ago")), Some(7));
+        assert_eq!(exit_code_of(Some("Exited (0) About a minute ago")), Some(0));
+        assert_eq!(exit_code_of(Some("Up 2 seconds")), None);
+        assert_eq!(exit_code_of(Some("Created")), None);
+        assert_eq!(exit_code_of(None), None);
+    }
+
+    #[test]
+    fn last_lines_keeps_the_tail() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), vec!["b", "c"]);
+        assert_eq!(last_lines(b"a", 5), vec!["a"]);
+        assert!(last_lines(b"", 5).is_empty());
+    }
+}

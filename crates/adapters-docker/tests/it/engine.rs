@@ -1,0 +1,287 @@
+//! The engine on real Docker: a restart race, external removal, the orphan sweep.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_core::Engine;
+use berth_core::engine::EngineConfig;
+use berth_core::ids::{RuntimeKind, WorkspaceId, WorkspaceName};
+use berth_core::model::{Actor, CreateWorkspace, OpStatus, Workspace, WorkspaceSpec};
+use berth_core::ports::{ProcessRuntime, SystemClock};
+use berth_core::state::{FailureReason, State};
+use berth_core::testkit::{MemoryStore, RecordingReporter};
+use berth_docker::DockerRuntime;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Fixture, docker};
+
+async fn engine(rt: Arc<DockerRuntime>, orphan_grace: Duration) -> Engine {
+    Engine::builder()
+        .store(Arc::new(MemoryStore::new()))
+        .runtime(rt as Arc<dyn ProcessRuntime>)
+        .reporter(Arc::new(RecordingReporter::default()))
+        .clock(Arc::new(SystemClock))
+        .config(EngineConfig {
+            reconcile_period: None,
+            orphan_grace,
+            stop_grace: Duration::from_secs(2),
+            ..EngineConfig::default()
+        })
+        .build()
+        .await
+        .expect("engine")
+}
+
+async fn running(engine: &Engine, fx: &Fixture, name: &str) -> Workspace {
+    let ws = engine
+        .create(CreateWorkspace {
+            name: WorkspaceName::parse(name).expect("name"),
+            runtime: RuntimeKind::parse("docker").expect("kind"),
+            spec: WorkspaceSpec {
+                command: vec!["sh".into(), "-c".into(), "exec sleep 3600".into()],
+                image: Some(fx.image.clone()),
+                ..Default::default()
+            },
+            actor: Actor::Api,
+        })
+        .await
+        .expect("create");
+    let op = engine
+        .start(&ws.id, Actor::Api)
+        .await
+        .expect("start")
+        .wait()
+        .await
+        .expect("op");
+    assert_eq!(op.status, OpStatus::Succeeded, "{op:?}");
+    engine.workspace(&ws.id).await.expect("row")
+}
+
+fn label(fx: &Fixture, key: &str, value: &str) -> String {
+    format!("{}.{key}={value}", fx.prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_restarts_leave_one_container_with_the_latest_incarnation() {
+    let Some(fx) = Fixture::new("restart_race").await else {
+        return;
+    };
+    let engine = engine(fx.rt.clone(), Duration::from_secs(60)).await;
+    let ws = running(&engine, &fx, "racer").await;
+    let mut tickets = Vec::new();
+    for _ in 0..10 {
+        tickets.push(engine.restart(&ws.id, Actor::Api).await.expect("restart"));
+    }
+    for t in tickets {
+        let op = t.wait().await.expect("op");
+        assert!(
+            op.error.is_none(),
+            "no restart fails (no name conflict anywhere): {op:?}"
+        );
+    }
+    let now = engine.workspace(&ws.id).await.expect("row");
+    assert_eq!(now.state, State::Running);
+    let containers = fx.containers();
+    assert_eq!(containers.len(), 1, "exactly one container: {containers:?}");
+    let incarnation = docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{index .Config.Labels \"{}.incarnation\"}}}}", fx.prefix),
+        &containers[0],
+    ]);
+    assert_eq!(incarnation.trim(), now.incarnation.0.to_string());
+    assert!(now.incarnation.0 > ws.incarnation.0, "the restarts ran");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_removed_from_outside_fails_the_workspace_then_start_and_delete_work() {
+    let Some(fx) = Fixture::new("external_removal").await else {
+        return;
+    };
+    let engine = engine(fx.rt.clone(), Duration::from_secs(60)).await;
+    let ws = running(&engine, &fx, "victim").await;
+    // The events stream wakes a reconcile pass (as `berth serve` wires it).
+    let cancel = CancellationToken::new();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let watcher = {
+        let (rt, id, cancel, wake) = (
+            fx.rt.clone(),
+            engine.engine_id().clone(),
+            cancel.clone(),
+            wake.clone(),
+        );
+        tokio_util::task::TaskTracker::new().spawn(async move {
+            rt.watch_events(&id, &cancel, || wake.notify_one()).await;
+        })
+    };
+    let reconciler = {
+        let (engine, cancel, wake) = (engine.clone(), cancel.clone(), wake.clone());
+        tokio_util::task::TaskTracker::new().spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = wake.notified() => { engine.reconcile().await; }
+                }
+            }
+        })
+    };
+    let containers = fx.containers();
+    assert_eq!(containers.len(), 1);
+    docker(&["rm", "-f", &containers[0]]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = engine.workspace(&ws.id).await.expect("row");
+        if row.state == State::Failed {
+            assert_eq!(
+                row.last_error.map(|e| e.code),
+                Some(FailureReason::RuntimeMissing),
+                "failed{{runtime_missing}}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removal was not noticed: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    let _ = watcher.await;
+    let _ = reconciler.await;
+    let op = engine
+        .start(&ws.id, Actor::Api)
+        .await
+        .expect("start")
+        .wait()
+        .await
+        .expect("op");
+    assert_eq!(
+        op.status,
+        OpStatus::Succeeded,
+        "a later start works: {op:?}"
+    );
+    assert_eq!(fx.containers().len(), 1);
+    let op = engine
+        .delete(&ws.id, false, Actor::Api)
+        .await
+        .expect("delete")
+        .wait()
+        .await
+        .expect("op");
+    assert_eq!(op.status, OpStatus::Succeeded, "delete works: {op:?}");
+    assert!(fx.containers().is_empty(), "delete removed the container");
+    let volumes = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label={}.engine", fx.prefix),
+    ]);
+    assert!(
+        volumes.trim().is_empty(),
+        "delete removed the engine's volume: {volumes}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orphan_sweep_removes_only_old_orphans_of_ours_and_nothing_when_listing_fails() {
+    let Some(fx) = Fixture::new("orphan_sweep").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut proxy = crate::runtime::Proxy::new(dir.path());
+    proxy.up();
+    let rt = Arc::new(DockerRuntime::new(berth_docker::DockerConfig {
+        host: Some(format!("unix://{}", proxy.path().display())),
+        ..fx.rt.config().clone()
+    }));
+    let engine = engine(rt, Duration::from_secs(600)).await;
+    let me = engine.engine_id().to_string();
+    let with_row = running(&engine, &fx, "kept").await;
+    let old = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let young = chrono::Utc::now().to_rfc3339();
+    let make = |engine_id: &str, created: &str| {
+        let ws = WorkspaceId::generate();
+        let name = format!("berth-{engine_id}-{ws}");
+        let id = docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            &label(&fx, "engine", engine_id),
+            "--label",
+            &label(&fx, "workspace", ws.as_str()),
+            "--label",
+            &label(&fx, "incarnation", "1"),
+            "--label",
+            &label(&fx, "created", created),
+            &fx.image,
+            "sleep",
+            "3600",
+        ]);
+        assert!(!id.trim().is_empty(), "created {name}");
+        id.trim().to_owned()
+    };
+    let old_orphan = make(&me, &old);
+    let young_orphan = make(&me, &young);
+    let other_engine = make("en-0123456789abcdef", &old);
+    let lookalike_name = format!("berth-{me}-ws-lookalike");
+    let lookalike = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &lookalike_name,
+        &fx.image,
+        "sleep",
+        "3600",
+    ]);
+    let _guard = crate::runtime::Foreign(lookalike_name.clone());
+    let exists = |id: &str| {
+        !docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")])
+            .trim()
+            .is_empty()
+    };
+
+    // Listing fails: nothing is removed.
+    proxy.down();
+    let report = engine.reconcile().await;
+    assert_eq!(report.listing_failures, 1, "{report:?}");
+    assert_eq!(report.orphans_removed, 0);
+    assert!(exists(&old_orphan), "a failed listing removed an orphan");
+    assert_eq!(
+        engine.workspace(&with_row.id).await.expect("row").state,
+        State::Running
+    );
+
+    proxy.up();
+    let report = engine.reconcile().await;
+    assert_eq!(report.orphans_removed, 1, "{report:?}");
+    assert!(!exists(&old_orphan), "the old orphan of ours is removed");
+    assert!(exists(&young_orphan), "a young orphan is kept");
+    assert!(
+        exists(&other_engine),
+        "another engine's container is never touched"
+    );
+    assert!(
+        exists(lookalike.trim()),
+        "an unlabelled look-alike is never touched"
+    );
+    assert_eq!(
+        engine.workspace(&with_row.id).await.expect("row").state,
+        State::Running,
+        "the workspace with a row keeps its container"
+    );
+    assert_eq!(
+        fx.rt
+            .inspect(engine.engine_id(), &with_row.id)
+            .await
+            .expect("inspect")
+            .map(|r| r.incarnation),
+        Some(with_row.incarnation)
+    );
+    engine.shutdown().await;
+    proxy.down();
+}
