@@ -655,7 +655,7 @@ fn container_state(c: &ContainerInspectResponse) -> Option<ContainerStateStatusE
     c.state.as_ref().and_then(|s| s.status)
 }
 
-fn is_running(c: &ContainerInspectResponse) -> bool {
+pub(crate) fn is_running(c: &ContainerInspectResponse) -> bool {
     c.state.as_ref().and_then(|s| s.running) == Some(true)
 }
 
@@ -890,7 +890,8 @@ impl ProcessRuntime for DockerRuntime {
                 .created
                 .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
                 .unwrap_or_else(chrono::Utc::now);
-            let running = summary.state.as_deref() == Some("running");
+            // A paused container's processes still exist (inspect says Running too).
+            let running = matches!(summary.state.as_deref(), Some("running" | "paused"));
             let status = if running {
                 ProcessStatus::Running
             } else {

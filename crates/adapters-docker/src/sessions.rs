@@ -132,6 +132,13 @@ async fn run(
     Ok((inspected.exit_code.unwrap_or(-1), out))
 }
 
+/// The scripts' generation argument: the number, or `-` for "whichever".
+fn generation_arg(session: &SessionRef) -> String {
+    session
+        .generation
+        .map_or_else(|| "-".to_owned(), |g| g.0.to_string())
+}
+
 fn failed(container: &str, what: &str, code: i64, out: &[u8]) -> RuntimeError {
     RuntimeError::Other {
         resource: format!("container {container}"),
@@ -189,9 +196,15 @@ pub(crate) async fn list(
     .await
     {
         Ok(r) => r,
-        // Stopped or removed between the listing and this exec: it has no sessions.
-        Err(RuntimeError::NotFound { .. }) => return Ok(Vec::new()),
-        Err(RuntimeError::Conflict { .. }) => return Ok(Vec::new()),
+        // Docker refuses an exec in a container that stopped or went away between the
+        // listing and now: then it has no sessions. A container that still runs (a
+        // paused one refuses execs too) has sessions we cannot see: never report none.
+        Err(e @ (RuntimeError::NotFound { .. } | RuntimeError::Conflict { .. })) => {
+            return match rt.inspect_name(container).await? {
+                Some(c) if crate::is_running(&c) => Err(e),
+                _ => Ok(Vec::new()),
+            };
+        }
         Err(e) => return Err(e),
     };
     if code == 126 || code == 127 {
@@ -247,9 +260,7 @@ pub(crate) async fn stop(
     grace: Duration,
 ) -> Result<(), RuntimeError> {
     let tenths = grace.as_millis().div_ceil(100).to_string();
-    let generation = session
-        .generation
-        .map_or_else(|| "-".to_owned(), |g| g.0.to_string());
+    let generation = generation_arg(session);
     let (code, out) = run(
         rt,
         container,
@@ -273,9 +284,7 @@ pub(crate) async fn capture(
     session: &SessionRef,
     lines: usize,
 ) -> Result<Vec<String>, RuntimeError> {
-    let generation = session
-        .generation
-        .map_or_else(|| "-".to_owned(), |g| g.0.to_string());
+    let generation = generation_arg(session);
     let (code, out) = run(
         rt,
         container,

@@ -8,18 +8,7 @@ use berth_core::testkit::{ContractProgram, RuntimeHarness, runtime_contract};
 use crate::Fixture;
 
 fn command(p: ContractProgram) -> Vec<String> {
-    let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
-    match p {
-        ContractProgram::Forever => sh("exec sleep 3600"),
-        ContractProgram::Exit(code) => sh(&format!("exit {code}")),
-        ContractProgram::Print(text) => vec![
-            "sh".into(),
-            "-c".into(),
-            "printf '%s\\n' \"$1\"; exec sleep 3600".into(),
-            "sh".into(),
-            text,
-        ],
-    }
+    p.posix_sh()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

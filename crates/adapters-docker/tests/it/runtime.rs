@@ -313,6 +313,16 @@ async fn stop_ends_process_trees_that_ignore_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(processes(&container, "sleep 100"), 2, "the main tree runs");
+    // A paused container still has its processes but refuses execs: its sessions
+    // cannot be listed, and the listing says so instead of reporting the main process
+    // exited and no sessions (which would make the reconciler stop and forget them).
+    docker(&["pause", &container]);
+    let paused = fx.rt.list_owned(&fx.engine).await;
+    docker(&["unpause", &container]);
+    assert!(
+        paused.is_err(),
+        "a paused container's sessions were listed as none: {paused:?}"
+    );
     fx.rt
         .stop_session(
             &SessionRef {

@@ -8,17 +8,7 @@ use berth_core::testkit::{ContractProgram, RuntimeHarness, runtime_contract};
 use crate::Fixture;
 
 fn command(p: ContractProgram) -> Vec<String> {
-    match p {
-        ContractProgram::Forever => crate::sh("exec sleep 3600"),
-        ContractProgram::Exit(code) => crate::sh(&format!("exit {code}")),
-        ContractProgram::Print(text) => vec![
-            "sh".into(),
-            "-c".into(),
-            "printf '%s\\n' \"$1\"; exec sleep 3600".into(),
-            "sh".into(),
-            text,
-        ],
-    }
+    p.posix_sh()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

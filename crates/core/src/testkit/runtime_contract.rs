@@ -25,6 +25,24 @@ pub enum ContractProgram {
     Print(String),
 }
 
+impl ContractProgram {
+    /// The program as a POSIX `sh` argv, for runtimes that run real processes (tmux,
+    /// containers with a shell). Printed text is passed as an argument, never quoted
+    /// into the script.
+    pub fn posix_sh(self) -> Vec<String> {
+        let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        match self {
+            ContractProgram::Forever => sh("exec sleep 3600"),
+            ContractProgram::Exit(code) => sh(&format!("exit {code}")),
+            ContractProgram::Print(text) => {
+                let mut argv = sh("printf '%s\\n' \"$1\"; exec sleep 3600");
+                argv.extend(["sh".to_owned(), text]);
+                argv
+            }
+        }
+    }
+}
+
 /// How to drive one runtime through the contract.
 pub struct RuntimeHarness {
     /// The runtime under test.
