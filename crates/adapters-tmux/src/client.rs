@@ -38,6 +38,9 @@ impl Output {
             || e.contains("can't find window")
             || e.contains("no server running")
             || (e.contains("error connecting to") && e.contains("No such file or directory"))
+            // A live server with no session at all (exiting after its last one, or
+            // exit-empty off) answers an exact target this way: nothing is there.
+            || e.trim() == "no current target"
     }
 }
 

@@ -165,8 +165,20 @@ async fn delete_refuses_dirty_work_forces_and_handles_unknown_ids_and_stops_in_g
         .post(&format!("/v1/workspaces/{id}/stop?wait=false"), json!({}))
         .await;
     assert_eq!(s, 202, "{v}");
-    let (_, ws) = d.get(&format!("/v1/workspaces/{id}")).await;
-    assert_eq!(ws["state"], "stopping", "{ws}");
+    // 202 means the stop is accepted; its move to `stopping` commits right after. The
+    // process ignores SIGTERM, so `stopping` then lasts the whole 3 s grace.
+    let began = std::time::Instant::now();
+    loop {
+        let (_, ws) = d.get(&format!("/v1/workspaces/{id}")).await;
+        if ws["state"] == "stopping" {
+            break;
+        }
+        assert!(
+            ws["state"] == "running" && began.elapsed() < Duration::from_secs(2),
+            "the stop never showed as stopping: {ws}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (s, v) = d.delete(&format!("/v1/workspaces/{id}?timeout=30s")).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["operation"]["status"], "succeeded", "{v}");

@@ -118,4 +118,31 @@ async fn a_server_with_no_session_lists_nothing_instead_of_failing() {
     );
     // The next call meets a live server with zero sessions.
     assert!(fx.rt.list_owned(&engine).await.unwrap().is_empty());
+    // Exact targets get "no current target" there too: the session is simply gone
+    // (seen as a CI failure of the contract's inspect right after its last stop). A
+    // CLI-only runtime keeps the server at zero sessions (a control client would add
+    // its own).
+    let mut config = berth_tmux::TmuxConfig::new(fx.path());
+    config.control_mode = false;
+    let cli = berth_tmux::TmuxRuntime::new(config);
+    let _ = fx.tmux(&["kill-session", "-t", "=berth-control"]);
+    assert_eq!(
+        fx.tmux_out(&["list-sessions", "-F", "#{session_name}"])
+            .trim(),
+        "",
+        "the server runs with zero sessions"
+    );
+    let ws = berth_core::ids::WorkspaceId::generate();
+    assert_eq!(cli.inspect(&engine, &ws).await.unwrap(), None);
+    let gone = berth_core::ports::ResourceRef {
+        engine_id: engine.clone(),
+        workspace_id: ws,
+        incarnation: berth_core::ids::Incarnation(1),
+    };
+    cli.stop(&gone, std::time::Duration::from_secs(1))
+        .await
+        .expect("stop of a gone session is Ok");
+    cli.remove(&gone)
+        .await
+        .expect("remove of a gone session is Ok");
 }
