@@ -212,6 +212,22 @@ impl Daemon {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
+    /// A running workspace whose processes ignore SIGTERM and SIGHUP, returned only
+    /// once the shell has installed that trap (so a stop always lasts its grace).
+    /// `running` alone is not enough: the pane exists before its shell ran a line.
+    pub async fn running_ignoring_term(&self, name: &str) -> String {
+        let marker = self.dir.path().join(format!("{name}.trapped"));
+        let script = format!(
+            "trap '' TERM HUP; echo trapped > '{}'; while :; do sleep 1; done",
+            marker.display()
+        );
+        let id = self.running(name, &script).await;
+        read_when_written(&marker, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{name} never installed its trap: {e}"));
+        id
+    }
+
     /// Creates and starts a workspace running `sh -c script`, waits for `running`,
     /// and returns its id.
     pub async fn running(&self, name: &str, script: &str) -> String {

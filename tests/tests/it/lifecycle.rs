@@ -158,9 +158,7 @@ async fn delete_refuses_dirty_work_forces_and_handles_unknown_ids_and_stops_in_g
 
     // A process that ignores SIGTERM keeps its stop in the grace period; a delete
     // requested meanwhile waits for it and completes.
-    let id = d
-        .running("stubborn", "trap '' TERM HUP; while :; do sleep 1; done")
-        .await;
+    let id = d.running_ignoring_term("stubborn").await;
     let (s, v) = d
         .post(&format!("/v1/workspaces/{id}/stop?wait=false"), json!({}))
         .await;
@@ -221,9 +219,7 @@ async fn wait_returns_when_the_workspace_settles_elsewhere_and_408_only_on_a_rea
     );
 
     // A stop in its grace period is not settled: a short wait times out with 408.
-    let id = d
-        .running("slow-stop", "trap '' TERM HUP; while :; do sleep 1; done")
-        .await;
+    let id = d.running_ignoring_term("slow-stop").await;
     let (s, _) = d
         .post(&format!("/v1/workspaces/{id}/stop?wait=false"), json!({}))
         .await;

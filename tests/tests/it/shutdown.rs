@@ -43,9 +43,7 @@ async fn sigterm_drains_exits_zero_keeps_workspaces_and_the_next_serve_recovers(
     for i in 0..3 {
         ids.push(d.running(&format!("keep-{i}"), "sleep 600").await);
     }
-    let stubborn = d
-        .running("stubborn", "trap '' TERM HUP; while :; do sleep 1; done")
-        .await;
+    let stubborn = d.running_ignoring_term("stubborn").await;
     let pids = main_pids(&d, &ids);
     assert!(pids.iter().all(|p| alive(*p)));
     // SSE clients connected.
