@@ -529,6 +529,15 @@ impl ProcessRuntime for MemoryRuntime {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::parse("noop").unwrap_or_else(|_| unreachable!("a valid name"))
     }
+    fn check_spec(
+        &self,
+        _: &berth_core::model::WorkspaceSpec,
+    ) -> Result<(), berth_core::ports::SpecRefusal> {
+        Ok(())
+    }
+    async fn inspect_session(&self, _: &SessionRef) -> Result<Option<OwnedResource>, RuntimeError> {
+        Ok(None)
+    }
     async fn prepare(&self, _: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
         Ok(None)
     }

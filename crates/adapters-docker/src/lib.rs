@@ -35,11 +35,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::ids::{EngineId, Incarnation, RuntimeKind, WorkspaceId};
-use berth_core::model::Timestamp;
+use berth_core::model::{Timestamp, WorkspaceSpec};
 use berth_core::ports::{
-    CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime,
-    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef,
-    WorkspaceRef,
+    CaptureTarget, ConflictReason, DirtyReport, EventWake, LaunchRequest, OwnedResource,
+    ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch,
+    SessionRef, SpecRefusal, WorkspaceRef,
 };
 use bollard::Docker;
 use bollard::container::{
@@ -187,7 +187,7 @@ impl DockerRuntime {
     /// (events missed while disconnected are then caught by the pass it triggers).
     /// Reconnects with backoff after the stream fails or the daemon restarts; returns
     /// when `cancel` fires. The periodic reconcile stays the safety net.
-    pub async fn watch_events(
+    pub async fn follow_events(
         &self,
         engine_id: &EngineId,
         cancel: &CancellationToken,
@@ -729,6 +729,72 @@ impl ProcessRuntime for DockerRuntime {
         RuntimeKind::parse("docker").unwrap_or_else(|_| unreachable!("a valid runtime name"))
     }
 
+    fn check_spec(&self, spec: &WorkspaceSpec) -> Result<(), SpecRefusal> {
+        if spec.git.is_some() {
+            return Err(SpecRefusal {
+                field: "git",
+                message: "the docker runtime does not check out git sources; give a dir (bind-mounted at /workspace) or nothing (a volume)".into(),
+            });
+        }
+        if spec.image.is_none() && self.config.default_image.is_none() {
+            return Err(SpecRefusal {
+                field: "image",
+                message: "a docker workspace needs an image, and this daemon has no default image (berth serve --docker-image)".into(),
+            });
+        }
+        if spec
+            .image
+            .as_deref()
+            .is_some_and(|i| i.is_empty() || i.contains(char::is_whitespace))
+        {
+            return Err(SpecRefusal {
+                field: "image",
+                message: "an image reference is non-empty and holds no whitespace".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn watch_events(&self, engine_id: &EngineId, stop: &CancellationToken, wake: &EventWake) {
+        self.follow_events(engine_id, stop, || wake.wake()).await;
+    }
+
+    async fn inspect_session(
+        &self,
+        session: &SessionRef,
+    ) -> Result<Option<OwnedResource>, RuntimeError> {
+        let Some((c, owner)) = self.ours(&session.engine_id, &session.workspace_id).await? else {
+            return Ok(None);
+        };
+        if !is_running(&c) {
+            return Ok(None);
+        }
+        let Some(main) = self.resource_of(&owner, parse_time(c.created.as_deref()), status_of(&c))
+        else {
+            return Ok(None);
+        };
+        let name = self.name(&session.engine_id, &session.workspace_id);
+        let mut found: Vec<OwnedResource> = sessions::list(
+            self,
+            &name,
+            &main.workspace_id,
+            main.incarnation,
+        )
+        .await?
+        .into_iter()
+        .filter(|r| matches!(&r.kind, ResourceKind::Session { name, .. } if *name == session.name))
+        .collect();
+        // The running generation if there is one, else the latest.
+        found.sort_by_key(|r| {
+            let generation = match &r.kind {
+                ResourceKind::Session { generation, .. } => generation.0,
+                ResourceKind::Main => 0,
+            };
+            (r.status == ProcessStatus::Running, generation)
+        });
+        Ok(found.pop())
+    }
+
     async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
         if let Some(dir) = &workspace.spec.dir {
             let meta = tokio::fs::metadata(dir)
@@ -1001,8 +1067,19 @@ impl ProcessRuntime for DockerRuntime {
     }
 
     async fn dirty_check(&self, workspace: &WorkspaceRef) -> Result<DirtyReport, RuntimeError> {
-        let dir = self.data_dir(workspace).await?;
-        berth_tmux::dirty_check_dir(&dir, Duration::from_secs(120)).await
+        let dir = match self.data_dir(workspace).await {
+            Ok(dir) => dir,
+            // No volume yet (never started): nothing unsaved can be in it.
+            Err(e) if e.is_not_found() && workspace.spec.dir.is_none() => {
+                return Ok(DirtyReport::Clean);
+            }
+            Err(e) => return Err(e),
+        };
+        berth_hostdirs::dirty(
+            &berth_hostdirs::WorkDir::User(dir),
+            Duration::from_secs(120),
+        )
+        .await
     }
 }
 

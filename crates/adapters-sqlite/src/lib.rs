@@ -22,10 +22,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::ids::{
-    EngineId, Generation, Incarnation, OpId, SessionName, TokenHash, WorkspaceId, WorkspaceName,
+    EngineId, Generation, Incarnation, OpId, RuntimeKind, SessionName, TokenHash, WorkspaceId,
+    WorkspaceName,
 };
 use berth_core::model::{Event, NewEvent, OpStatus, Operation, Session, SessionState, Workspace};
-use berth_core::ports::{Commit, NewSession, Store, StoreError, WorkspacePage};
+use berth_core::ports::{
+    Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery,
+};
+use berth_core::state::State;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -502,13 +506,14 @@ async fn apply(tx: &mut SqliteConnection, write: &Write<'_>) -> Result<Written, 
         }
         Write::CreateWorkspace(workspace, event) => {
             let sql = format!(
-                "INSERT INTO workspace_order (workspace_id) VALUES (?); INSERT INTO workspaces (id, created_seq, name, state, version, body) VALUES (?, last_insert_rowid(), ?, ?, ?, ?); {APPEND_EVENT}"
+                "INSERT INTO workspace_order (workspace_id) VALUES (?); INSERT INTO workspaces (id, created_seq, name, state, runtime, version, body) VALUES (?, last_insert_rowid(), ?, ?, ?, ?, ?); {APPEND_EVENT}"
             );
             let q = sqlx::query(&sql)
                 .bind(workspace.id.as_str())
                 .bind(workspace.id.as_str())
                 .bind(workspace.name.as_str())
                 .bind(workspace.state.as_str())
+                .bind(workspace.runtime.as_str())
                 .bind(i64_of(workspace.version))
                 .bind(to_json(workspace)?)
                 .bind(event.workspace_id.as_str())
@@ -821,12 +826,8 @@ impl Store for SqliteStore {
         body.map(|b| from_json(&b)).transpose()
     }
 
-    async fn list_workspaces(
-        &self,
-        after: Option<&WorkspaceId>,
-        limit: usize,
-    ) -> Result<WorkspacePage, StoreError> {
-        let from = match after {
+    async fn list_workspaces(&self, query: &WorkspaceQuery) -> Result<WorkspacePage, StoreError> {
+        let from = match &query.after {
             None => 0,
             Some(id) => {
                 let seq: Option<i64> = self
@@ -844,11 +845,24 @@ impl Store for SqliteStore {
                 })?
             }
         };
+        let limit = query.limit;
         let fetch = i64::try_from(limit)
             .unwrap_or(i64::MAX - 1)
             .saturating_add(1);
+        // NULL filters match everything; the indexes on (state|runtime, created_seq)
+        // serve the filtered forms.
         let bodies: Vec<String> = self
-            .read("workspace list", sqlx::query_scalar("SELECT body FROM workspaces WHERE created_seq > ? ORDER BY created_seq LIMIT ?").bind(from).bind(fetch).fetch_all(&self.reader))
+            .read(
+                "workspace list",
+                sqlx::query_scalar(
+                    "SELECT body FROM workspaces WHERE created_seq > ?1 AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR runtime = ?3) ORDER BY created_seq LIMIT ?4",
+                )
+                .bind(from)
+                .bind(query.state.map(State::as_str))
+                .bind(query.runtime.as_ref().map(RuntimeKind::as_str))
+                .bind(fetch)
+                .fetch_all(&self.reader),
+            )
             .await?;
         let more = bodies.len() > limit;
         let items = bodies
@@ -862,6 +876,23 @@ impl Store for SqliteStore {
             None
         };
         Ok(WorkspacePage { items, next })
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = self
+            .read(
+                "workspace counts",
+                sqlx::query_as("SELECT state, COUNT(*) FROM workspaces GROUP BY state")
+                    .fetch_all(&self.reader),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(state, n)| {
+                let state = State::ALL.into_iter().find(|s| s.as_str() == state)?;
+                Some((state, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect())
     }
 
     async fn commit(&self, commit: &Commit) -> Result<Option<Event>, StoreError> {
@@ -885,7 +916,9 @@ impl Store for SqliteStore {
         expected_version: u64,
         ops: &[Operation],
         event: &NewEvent,
+        _fence: Fence,
     ) -> Result<Event, StoreError> {
+        // One writer per data directory (`daemon.lock`): every fence is accepted.
         match self
             .write(
                 "workspace delete",
@@ -963,10 +996,10 @@ impl Store for SqliteStore {
         bodies.iter().map(|b| from_json(b)).collect()
     }
 
-    async fn events(
+    async fn events<'a>(
         &self,
         after: u64,
-        workspace_id: Option<&WorkspaceId>,
+        workspace_id: Option<&'a WorkspaceId>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

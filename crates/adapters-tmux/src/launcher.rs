@@ -25,14 +25,22 @@ pub(crate) fn quote(value: &str) -> String {
 /// then record its exit status in `exit_file` and exit with it. The status is written
 /// by the script because a tmux server does not always reap its panes in time to know
 /// it (seen with tmux 3.3a: dead panes left as zombies without `pane_dead_status`).
+///
+/// The script catches SIGTERM with a no-op trap, so a stop's SIGTERM to the process
+/// group does not end the script before the command: the script is the session
+/// leader, and its exit would send SIGHUP to the whole group, cutting short a command
+/// that handles SIGTERM gracefully. A caught signal is reset to its default in the
+/// command (exec resets handlers), so the command sees SIGTERM exactly as sent; the
+/// script waits for it, records its status, and exits.
 pub(crate) fn script(
     dir: Option<&str>,
     env: &BTreeMap<String, String>,
     argv: &[String],
     exit_file: &str,
 ) -> String {
-    let mut s =
-        String::from("#!/bin/sh\n# Written by berth: runs one workspace command. Do not edit.\n");
+    let mut s = String::from(
+        "#!/bin/sh\n# Written by berth: runs one workspace command. Do not edit.\ntrap : TERM\n",
+    );
     if let Some(dir) = dir {
         let _ = writeln!(s, "cd {} || exit 126", quote(dir));
     }
@@ -78,6 +86,7 @@ mod tests {
             &["echo".into(), "a'b".into()],
             "/d/x.exit",
         );
+        assert!(text.contains("\ntrap : TERM\n"), "{text}");
         assert!(text.contains("cd '/w' || exit 126\n"));
         assert!(text.contains("export A='x y'\n"));
         assert!(text.contains("\n'echo' 'a'\\''b'\ncode=$?\n"), "{text}");

@@ -15,7 +15,6 @@
 //!   grace period, sends SIGKILL, then kills the session.
 
 mod client;
-mod dirs;
 mod launcher;
 mod procs;
 
@@ -24,26 +23,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::ids::{EngineId, Generation, Incarnation, RuntimeKind, SessionName, WorkspaceId};
+use berth_core::model::WorkspaceSpec;
 use berth_core::ports::{
     CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime,
-    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef,
+    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef, SpecRefusal,
     WorkspaceRef,
 };
 use nix::sys::signal::Signal;
 
+use berth_hostdirs as dirs;
 use client::Tmux;
 use dirs::WorkDir;
-
-/// The dirty check of a directory on this host, as the tmux runtime does it: the
-/// uncommitted and untracked files of a git work tree; clean when the directory is not
-/// one; an error when it cannot be checked. Other runtimes whose workspace directory is
-/// on the host (a Docker bind mount or volume) use it too.
-///
-/// # Errors
-/// The directory is missing or unreadable, or git fails on it.
-pub async fn dirty_check_dir(path: &Path, timeout: Duration) -> Result<DirtyReport, RuntimeError> {
-    dirs::dirty(&WorkDir::User(path.to_owned()), timeout).await
-}
 
 /// Settings of a [`TmuxRuntime`].
 #[derive(Debug, Clone)]
@@ -549,6 +539,22 @@ impl ProcessRuntime for TmuxRuntime {
         RuntimeKind::parse("tmux").expect("a valid runtime name")
     }
 
+    fn check_spec(&self, spec: &WorkspaceSpec) -> Result<(), SpecRefusal> {
+        if spec.image.is_some() {
+            return Err(SpecRefusal {
+                field: "image",
+                message: "the tmux runtime runs commands on this host and has no images; use the docker runtime for an image".into(),
+            });
+        }
+        if spec.limits.is_some() {
+            return Err(SpecRefusal {
+                field: "limits",
+                message: "the tmux runtime cannot enforce resource limits; use the docker runtime for limits".into(),
+            });
+        }
+        Ok(())
+    }
+
     async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
         let dir = self.workdir(&workspace.workspace_id, &workspace.spec);
         dirs::prepare(&dir, self.config.git_timeout).await?;
@@ -699,17 +705,20 @@ impl ProcessRuntime for TmuxRuntime {
         }
         let name = session_name(&r.workspace_id, &launch.name);
         if let Some(pane) = self.pane(&name).await? {
-            if pane.engine == r.engine_id.as_str()
-                && pane.generation == launch.generation.0
-                && !pane.dead
-            {
+            let ours = pane.engine == r.engine_id.as_str();
+            if ours && pane.generation == launch.generation.0 && !pane.dead {
                 return Ok(());
             }
-            return Err(RuntimeError::Conflict {
-                resource: name,
-                reason: ConflictReason::NameInUse,
-                message: "the session name is in use".into(),
-            });
+            if !(ours && pane.status() != ProcessStatus::Running) {
+                return Err(RuntimeError::Conflict {
+                    resource: name,
+                    reason: ConflictReason::NameInUse,
+                    message: "the session name is in use".into(),
+                });
+            }
+            // An exited generation of ours: it gives way to the new one.
+            self.stop_pane(&pane, Duration::ZERO).await?;
+            self.remove_launchers(&name).await;
         }
         let script = self
             .write_launcher(
@@ -730,6 +739,18 @@ impl ProcessRuntime for TmuxRuntime {
         };
         self.create(&name, launch.dir.as_deref(), &script, &markers)
             .await
+    }
+
+    async fn inspect_session(
+        &self,
+        session: &SessionRef,
+    ) -> Result<Option<OwnedResource>, RuntimeError> {
+        let name = session_name(&session.workspace_id, &session.name);
+        Ok(self
+            .pane(&name)
+            .await?
+            .filter(|p| p.engine == session.engine_id.as_str() && p.kind == "session")
+            .and_then(|p| p.owned()))
     }
 
     async fn stop_session(

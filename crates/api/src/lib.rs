@@ -1,20 +1,19 @@
-//! berth's daemon, HTTP API and CLI.
+//! berth's daemon, HTTP API and CLI: the crate that wires everything.
 //!
-//! - [`app::router`]: the axum router of `../shared/design/api.md`, to mount anywhere
-//!   (other teams embed it); [`app::AppState`] holds the engine it drives.
-//! - [`serve`]: `berth serve`, wiring the SQLite store and the tmux runtime (the only
-//!   module that knows the concrete adapters).
-//! - [`client`] and [`doctor`]: the CLI.
+//! - [`http`]: the HTTP API of `../shared/design/api.md` over any [`berth_core::Engine`]
+//!   ([`http::router`], [`http::AppState`]). It names no adapter: another team can mount
+//!   it over its own engine with `default-features = false`, without compiling SQLite,
+//!   tmux or Docker.
+//! - [`serve`] (feature `daemon`): the composition root. `berth serve` wires the SQLite
+//!   store, the tmux and Docker runtimes, the engine and the router; the only module
+//!   that names concrete adapters.
+//! - [`cli`] (feature `daemon`): the `berth` commands that talk to a running daemon.
 
-pub mod app;
-pub mod client;
-pub mod doctor;
-pub mod dto;
-pub mod error;
-pub mod events;
-pub mod metrics;
-pub mod openapi;
-pub mod routes;
+pub mod http;
+
+#[cfg(feature = "daemon")]
+pub mod cli;
+#[cfg(feature = "daemon")]
 pub mod serve;
 
-pub use app::{AppState, router};
+pub use http::{AppState, router};

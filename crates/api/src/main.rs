@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use berth::client::{CallError, SessionCommand, Target, WsCommand};
+use berth::cli::{CallError, SessionCommand, Target, WsCommand};
 use clap::{Parser, Subcommand};
 
 /// berth: a workspace lifecycle engine.
@@ -131,9 +131,9 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Doctor { target, .. } => Ok(berth::doctor::run(&target).await),
+            Command::Doctor { target, .. } => Ok(berth::cli::doctor::run(&target).await),
             Command::Openapi => {
-                print!("{}", berth::openapi::document());
+                print!("{}", berth::http::openapi::document());
                 Ok(0)
             }
         }

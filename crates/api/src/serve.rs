@@ -1,5 +1,5 @@
-//! `berth serve`: wires the SQLite store, the tmux runtime, the engine and the router,
-//! and runs until SIGTERM/SIGINT. Settings come from flags, then the environment, then
+//! `berth serve`, the composition root: wires the SQLite store, the tmux and Docker
+//! runtimes, the engine and the router, and runs until SIGTERM/SIGINT. Settings come from flags, then the environment, then
 //! an optional TOML file, then the defaults of `lifecycle.md`.
 
 use std::net::SocketAddr;
@@ -11,10 +11,10 @@ use axum::Router;
 use tower::ServiceExt;
 
 use anyhow::{Context, bail};
+use berth_core::Engine;
 use berth_core::engine::EngineConfig;
 use berth_core::ports::{ProcessRuntime, Reporter, Store, SystemClock};
 use berth_core::reporter::{QueueReporter, ReportSink, TracingSink};
-use berth_core::{CachedStore, Engine};
 use berth_docker::{DockerConfig, DockerRuntime};
 use berth_sqlite::{SqliteOptions, SqliteStore};
 use berth_tmux::{TmuxConfig, TmuxRuntime};
@@ -22,9 +22,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{AppState, booting_router, router, set_ready};
-use crate::events::EventHub;
-use crate::metrics::Metrics;
+use crate::http::events::EventHub;
+use crate::http::metrics::Metrics;
+use crate::http::{AppState, booting_router, router};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7421";
@@ -336,14 +336,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let addr: SocketAddr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let sqlite: Arc<dyn Store> = Arc::new(
+    // This daemon is the data directory's only writer (`daemon.lock`): the store's
+    // single-writer model, under which the engine serves rows it committed from memory.
+    let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open_in(&settings.data_dir, SqliteOptions::default())
             .await
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
     );
-    // This daemon is the data directory's only writer, so workspace rows it read can
-    // be served from memory (`CachedStore` drops a row on every write of it).
-    let store = Arc::new(CachedStore::new(sqlite));
 
     // Registered before the URL is printed: a SIGTERM from then on is a clean shutdown.
     let mut signals = Signals::new()?;
@@ -415,12 +414,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let closing = CancellationToken::new();
     let tracker = TaskTracker::new();
     let start_seq = engine
-        .store()
         .last_event_seq()
         .await
         .context("reading the event log")?;
     hub.run_pump(engine.clone(), &tracker, closing.clone(), start_seq);
-    watch_docker(&docker, &engine, &tracker, &closing);
     let mut state = AppState::new(
         engine.clone(),
         &token,
@@ -429,7 +426,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         closing.clone(),
     );
     state.request_timeout = settings.request_timeout;
-    set_ready(&state, true);
+    state.set_ready(true);
     if live.set(router(state.clone())).is_err() {
         bail!("the API router was installed twice");
     }
@@ -449,8 +446,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         println!("admin token: {}", token_path(&settings.data_dir).display());
         if let Some(r) = engine.recovery_report() {
             println!(
-                "recovered: {} adopted, {} failed starts, {} stops and {} deletes finished, {} ops interrupted",
-                r.adopted, r.failed_starts, r.stops_finished, r.deletes_finished, r.ops_interrupted
+                "recovered: {} adopted, {} failed starts, {} stops and {} deletes finished, {} failed, {} ops interrupted",
+                r.adopted,
+                r.failed_starts,
+                r.stops_finished,
+                r.deletes_finished,
+                r.failed,
+                r.ops_interrupted
             );
         }
     }
@@ -462,7 +464,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         + settings.engine.final_flush_timeout
         + Duration::from_secs(1);
     // Streams and waits end now; the engine drains its ops, then closes the store.
-    set_ready(&state, false);
+    state.set_ready(false);
     closing.cancel();
     // Not awaited: it ends with the process.
     let second = TaskTracker::new();
@@ -493,40 +495,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if report.is_ok() { 0 } else { 1 })
-}
-
-/// Docker's container events (die, destroy, oom) wake a reconcile pass, so a container
-/// removed from outside is noticed at once rather than at the next periodic pass.
-/// Bursts coalesce into one pass; both tasks end when the daemon begins to close.
-fn watch_docker(
-    docker: &Arc<DockerRuntime>,
-    engine: &Engine,
-    tracker: &TaskTracker,
-    closing: &CancellationToken,
-) {
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let (rt, id, cancel, notify) = (
-        Arc::clone(docker),
-        engine.engine_id().clone(),
-        closing.clone(),
-        Arc::clone(&wake),
-    );
-    tracker.spawn(async move {
-        rt.watch_events(&id, &cancel, || notify.notify_one()).await;
-    });
-    let (engine, cancel) = (engine.clone(), closing.clone());
-    tracker.spawn(async move {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = wake.notified() => {}
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                report = engine.reconcile() => tracing::debug!(?report, "reconcile after a docker event"),
-            }
-        }
-    });
 }
 
 /// A router that serves `booting` until `live` holds the full router.

@@ -60,7 +60,7 @@ fn check_label(field: &'static str, value: &str) -> Result<(), IdError> {
 }
 
 macro_rules! label_newtype {
-    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $edge:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -73,6 +73,7 @@ macro_rules! label_newtype {
             /// [`IdError::Invalid`] naming the rule that was broken.
             pub fn parse(value: &str) -> Result<Self, IdError> {
                 check_label($field, value)?;
+                $edge(value)?;
                 Ok(Self(value.to_owned()))
             }
 
@@ -110,15 +111,37 @@ macro_rules! label_newtype {
     };
 }
 
+/// A workspace name must not look like a workspace id: `{id}` in a path accepts either,
+/// and a name shaped like an id could never be reached by name (or would shadow
+/// another workspace's id). Checked at the edge ([`WorkspaceName::parse`]); rows stored
+/// before the rule still load.
+fn not_an_id(value: &str) -> Result<(), IdError> {
+    if check_prefixed_hex("workspace id", "ws-", 16, value).is_ok() {
+        return Err(invalid(
+            "workspace name",
+            value,
+            "must not look like a workspace id (ws- and 16 hex digits)",
+        ));
+    }
+    Ok(())
+}
+
+fn any_label(_: &str) -> Result<(), IdError> {
+    Ok(())
+}
+
 label_newtype!(
-    /// A workspace's human name, unique among live workspaces. See [`check_label`] for the rule.
+    /// A workspace's human name, unique among live workspaces. See [`check_label`] for the
+    /// rule; a name shaped like a workspace id is refused too.
     WorkspaceName,
-    "workspace name"
+    "workspace name",
+    not_an_id
 );
 label_newtype!(
     /// The name of a session inside a workspace, unique within it. Same rule as [`WorkspaceName`].
     SessionName,
-    "session name"
+    "session name",
+    any_label
 );
 
 /// Fills `out` with random bytes from the operating system's CSPRNG.
@@ -423,12 +446,31 @@ mod tests {
             "é",
             "$(x)",
             &"a".repeat(64),
+            "ws-0123456789abcdef",
         ] {
             assert!(
                 WorkspaceName::parse(bad).is_err(),
                 "{bad:?} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn a_name_shaped_like_a_workspace_id_is_refused_but_near_misses_are_names() {
+        let id = WorkspaceId::generate();
+        let err = WorkspaceName::parse(id.as_str()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must not look like a workspace id"),
+            "{err}"
+        );
+        for ok in ["ws-0123456789abcde", "ws-0123456789abcdef0", "ws-build"] {
+            assert!(WorkspaceName::parse(ok).is_ok(), "{ok} should parse");
+        }
+        assert!(
+            SessionName::parse(id.as_str()).is_ok(),
+            "session names are not looked up by id"
+        );
     }
 
     #[test]

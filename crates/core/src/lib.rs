@@ -1,5 +1,6 @@
 //! berth's pure lifecycle core.
 //!
+//! - [`code`]: the stable error codes, each with its HTTP status.
 //! - [`ids`]: identifier newtypes parsed at the edge.
 //! - [`state`]: the lifecycle state machine, a pure transition function.
 //! - [`merge`]: the per-workspace merge table, a pure function.
@@ -54,6 +55,7 @@
 //! # }
 //! ```
 
+pub mod code;
 pub mod engine;
 pub mod ids;
 pub mod merge;
@@ -61,10 +63,9 @@ pub mod model;
 pub mod ports;
 pub mod reporter;
 pub mod state;
-pub mod store_cache;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use code::ErrorCode;
 pub use engine::{Engine, EngineBuilder, EngineConfig, EngineError, OpTicket, ShutdownReport};
-pub use store_cache::CachedStore;

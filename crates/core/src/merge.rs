@@ -94,6 +94,9 @@ pub enum Decision {
     Queue,
     /// Becomes the queued op; the callers of the old queued op get `superseded`.
     ReplaceQueued,
+    /// The queued start becomes a restart: its callers and this one share it (same op
+    /// id) and get the restart's result. Only a restart absorbs, only a start.
+    Absorb,
     /// Cancels the start phase of the in-flight op (which ends `cancelled`), then
     /// becomes the queued op, replacing any queued one.
     Preempt,
@@ -138,6 +141,7 @@ pub fn merge(slot: Slot, request: OpKind) -> Decision {
             (K::Start, K::Start | K::Restart) => D::JoinQueued,
             (K::Start, _) => D::ReplaceQueued,
             (K::Restart, K::Restart) => D::JoinQueued,
+            (K::Restart, K::Start) => D::Absorb,
             (K::Restart, _) => D::ReplaceQueued,
         },
         // Nothing queued: the column of the in-flight op decides.
@@ -165,8 +169,8 @@ mod tests {
 
     /// The table as data: for each slot (row label) the decision for
     /// start, stop, restart, delete (columns). Codes: run, jf (join in flight),
-    /// jq (join queued), q (queue), rq (replace queued), pre (preempt), del (refused:
-    /// workspace_deleting).
+    /// jq (join queued), q (queue), rq (replace queued), abs (absorb the queued start),
+    /// pre (preempt), del (refused: workspace_deleting).
     const TABLE: &str = "
         idle                     | run  run  run  run
         start                    | jf   pre  q    pre
@@ -175,7 +179,7 @@ mod tests {
         restart:start            | jf   pre  q    pre
         stop                     | q    jf   q    q
         delete                   | del  del  del  jf
-        start+start              | jq   pre  rq   pre
+        start+start              | jq   pre  abs  pre
         start+stop               | rq   jq   rq   pre
         start+restart            | jq   pre  jq   pre
         start+delete             | del  del  del  jq
@@ -185,7 +189,7 @@ mod tests {
         restart:start+restart    | jq   pre  jq   pre
         restart:start/preempted+stop   | rq   jq   rq   rq
         restart:stop/preempted+delete  | del  del  del  jq
-        stop+start               | jq   rq   rq   rq
+        stop+start               | jq   rq   abs  rq
         stop+stop                | rq   jq   rq   rq
         stop+restart             | jq   rq   jq   rq
         stop+delete              | del  del  del  jq
@@ -239,6 +243,7 @@ mod tests {
             "jq" => Decision::JoinQueued,
             "q" => Decision::Queue,
             "rq" => Decision::ReplaceQueued,
+            "abs" => Decision::Absorb,
             "pre" => Decision::Preempt,
             "del" => Decision::Refuse(Refusal::WorkspaceDeleting),
             other => panic!("bad decision code {other}"),
@@ -314,8 +319,15 @@ mod tests {
                         assert_ne!(d, Decision::JoinInFlight, "{slot:?} {request:?}");
                     }
                     // Joining/replacing the queue needs a queue; queueing needs an empty one.
-                    if matches!(d, Decision::JoinQueued | Decision::ReplaceQueued) {
+                    if matches!(
+                        d,
+                        Decision::JoinQueued | Decision::ReplaceQueued | Decision::Absorb
+                    ) {
                         assert!(queued.is_some(), "{slot:?} {request:?}");
+                    }
+                    // Only a restart absorbs, and only a queued start.
+                    if d == Decision::Absorb {
+                        assert_eq!((request, queued), (OpKind::Restart, Some(OpKind::Start)));
                     }
                     if d == Decision::Queue {
                         assert!(queued.is_none(), "{slot:?} {request:?}");

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::code::ErrorCode;
 use crate::ids::{
     Generation, Incarnation, OpId, RuntimeKind, SessionName, WorkspaceId, WorkspaceName,
 };
@@ -135,6 +136,19 @@ pub enum OpStatus {
 }
 
 impl OpStatus {
+    /// The stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpStatus::Queued => "queued",
+            OpStatus::Running => "running",
+            OpStatus::Succeeded => "succeeded",
+            OpStatus::Failed => "failed",
+            OpStatus::Cancelled => "cancelled",
+            OpStatus::Superseded => "superseded",
+            OpStatus::Interrupted => "interrupted",
+        }
+    }
+
     /// Whether the op has ended.
     pub fn is_terminal(self) -> bool {
         !matches!(self, OpStatus::Queued | OpStatus::Running)
@@ -145,12 +159,30 @@ impl OpStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpError {
     /// Stable code (the API's error codes).
-    pub code: String,
+    pub code: ErrorCode,
     /// A sentence naming the thing.
     pub message: String,
     /// Structured details (the dirty files, the resource name).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, Vec<String>>,
+}
+
+impl OpError {
+    /// An error with no details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a detail list (`files`, `resources`).
+    #[must_use]
+    pub fn with_detail(mut self, key: &str, values: Vec<String>) -> Self {
+        self.details.insert(key.to_owned(), values);
+        self
+    }
 }
 
 /// One requested transition: the intent log.

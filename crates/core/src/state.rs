@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Where a workspace is in its lifecycle. A deleted workspace has no state: it is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Created or stopped; no process runs.
@@ -77,6 +77,8 @@ pub enum FailureReason {
     StopFailed,
     /// The engine stopped during the start and recovery found no live resource.
     Interrupted,
+    /// Boot recovery could not finish a delete (the runtime kept failing); delete again.
+    DeleteFailed,
 }
 
 impl FailureReason {
@@ -89,6 +91,7 @@ impl FailureReason {
             FailureReason::RuntimeMissing => "runtime_missing",
             FailureReason::StopFailed => "stop_failed",
             FailureReason::Interrupted => "interrupted",
+            FailureReason::DeleteFailed => "delete_failed",
         }
     }
 }
@@ -118,6 +121,8 @@ pub enum LifecycleEvent {
     Delete,
     /// Everything is removed; the rows go.
     Deleted,
+    /// Boot recovery gave up finishing a delete: the workspace becomes `failed`.
+    DeleteFailed,
 }
 
 impl LifecycleEvent {
@@ -134,6 +139,7 @@ impl LifecycleEvent {
             LifecycleEvent::Missing => "missing",
             LifecycleEvent::Delete => "delete",
             LifecycleEvent::Deleted => "deleted",
+            LifecycleEvent::DeleteFailed => "delete_failed",
         }
     }
 }
@@ -147,12 +153,20 @@ pub enum Next {
     Gone,
 }
 
-/// A side effect the engine must carry out, in the order given.
+/// What a transition makes the engine do, in the order given.
+///
+/// A transition is carried out by the engine's one interpreter: the record effects
+/// (only [`Effect::MintIncarnation`]) shape the transition's commit, which moves the
+/// row and appends the event in one store write; then the runtime effects run, in
+/// order, and the first that fails ends the list. A transition whose next state is
+/// its current state and that has no record effect commits nothing (a no-op, or
+/// recovery re-running the effects of an interrupted stop or delete).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
-    /// Mint incarnation n+1 and a fresh token (store only its hash).
+    /// Record effect: the commit mints incarnation n+1 and a fresh token (only its
+    /// hash is stored).
     MintIncarnation,
-    /// Launch the main process with the new incarnation.
+    /// Prepare the directory and launch the main process of the minted incarnation.
     Launch,
     /// Remove whatever a cancelled or failed launch left behind.
     RemovePartial,
@@ -162,10 +176,30 @@ pub enum Effect {
     StopMain,
     /// Remove the main resource of an exited process.
     RemoveExited,
-    /// Remove runtime resources: container, volume, the engine's worktree.
+    /// Remove runtime resources: the main resource, and what `prepare` created
+    /// (volume, the engine's worktree).
     RemoveResources,
-    /// Remove the rows and append the `deleted` event.
-    RemoveRows,
+}
+
+impl Effect {
+    /// Whether the effect is part of the transition's commit rather than a runtime
+    /// call after it. Record effects always come first in a transition's list.
+    pub fn is_record(self) -> bool {
+        matches!(self, Effect::MintIncarnation)
+    }
+
+    /// A stable lowercase name, for messages and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::MintIncarnation => "mint_incarnation",
+            Effect::Launch => "launch",
+            Effect::RemovePartial => "remove_partial",
+            Effect::StopSessions => "stop_sessions",
+            Effect::StopMain => "stop_main",
+            Effect::RemoveExited => "remove_exited",
+            Effect::RemoveResources => "remove_resources",
+        }
+    }
 }
 
 /// The event does not apply in this state.
@@ -194,6 +228,15 @@ fn to(state: State, effects: &[Effect]) -> Result<Transition, TransitionError> {
     })
 }
 
+impl Transition {
+    /// Whether carrying it out writes a commit: the state moves or something is minted.
+    /// A transition that does neither is a no-op for the store (its effects, if any,
+    /// still run).
+    pub fn commits(&self, from: State) -> bool {
+        self.next != Next::State(from) || self.effects.iter().any(|e| e.is_record())
+    }
+}
+
 /// The lifecycle transition function. Pure and total: every `(state, event)` pair
 /// gives either a transition or a typed error, never a panic.
 ///
@@ -210,9 +253,10 @@ pub fn transition(state: State, event: LifecycleEvent) -> Result<Transition, Tra
         (S::Starting, Ev::Launched) => to(S::Running, &[]),
         (S::Starting, Ev::StartFailed(_)) => to(S::Failed, &[E::RemovePartial]),
         (S::Starting, Ev::StartCancelled) => to(S::Stopped, &[E::RemovePartial]),
-        // Stop: a no-op on a stopped workspace.
+        // Stop: a no-op on a stopped workspace. Re-entering `stopping` is recovery
+        // finishing a stop that an engine crash or shutdown interrupted.
         (S::Stopped, Ev::Stop) => to(S::Stopped, &[]),
-        (S::Running | S::Failed | S::Starting, Ev::Stop) => {
+        (S::Running | S::Failed | S::Starting | S::Stopping, Ev::Stop) => {
             to(S::Stopping, &[E::StopSessions, E::StopMain])
         }
         (S::Stopping, Ev::Stopped) => to(S::Stopped, &[]),
@@ -221,20 +265,19 @@ pub fn transition(state: State, event: LifecycleEvent) -> Result<Transition, Tra
         (S::Running, Ev::Exited(0)) => to(S::Stopped, &[E::StopSessions, E::RemoveExited]),
         (S::Running, Ev::Exited(_)) => to(S::Failed, &[E::StopSessions, E::RemoveExited]),
         (S::Running, Ev::Missing) => to(S::Failed, &[E::StopSessions]),
-        // Delete works from every state; re-entering `deleting` is recovery finishing it.
+        // Delete works from every state. A stopped workspace's process is already
+        // stopped (removing its resource stops anything left); re-entering `deleting`
+        // is a retry, or recovery finishing the delete.
+        (S::Stopped, Ev::Delete) => to(S::Deleting, &[E::StopSessions, E::RemoveResources]),
         (_, Ev::Delete) => to(
             S::Deleting,
-            &[
-                E::StopSessions,
-                E::StopMain,
-                E::RemoveResources,
-                E::RemoveRows,
-            ],
+            &[E::StopSessions, E::StopMain, E::RemoveResources],
         ),
         (S::Deleting, Ev::Deleted) => Ok(Transition {
             next: Next::Gone,
             effects: vec![],
         }),
+        (S::Deleting, Ev::DeleteFailed) => to(S::Failed, &[]),
         (from, event) => Err(TransitionError {
             from,
             event: event.name(),
@@ -248,7 +291,7 @@ mod tests {
     use Effect as E;
     use LifecycleEvent as Ev;
 
-    const EVENTS: [LifecycleEvent; 12] = [
+    const EVENTS: [LifecycleEvent; 13] = [
         Ev::Start,
         Ev::Launched,
         Ev::StartFailed(FailureReason::StartTimeout),
@@ -261,6 +304,7 @@ mod tests {
         Ev::Missing,
         Ev::Delete,
         Ev::Deleted,
+        Ev::DeleteFailed,
     ];
 
     /// The whole table, one row per state, one column per event in `EVENTS` order.
@@ -268,18 +312,16 @@ mod tests {
     fn expected(state: State, event: LifecycleEvent) -> Option<(Next, Vec<Effect>)> {
         let st = |s| Some((Next::State(s), vec![]));
         let stop_fx = vec![E::StopSessions, E::StopMain];
-        let delete = Some((
-            Next::State(State::Deleting),
-            vec![
-                E::StopSessions,
-                E::StopMain,
-                E::RemoveResources,
-                E::RemoveRows,
-            ],
-        ));
         use State::*;
         match (state, event) {
-            (_, Ev::Delete) => delete,
+            (Stopped, Ev::Delete) => Some((
+                Next::State(Deleting),
+                vec![E::StopSessions, E::RemoveResources],
+            )),
+            (_, Ev::Delete) => Some((
+                Next::State(Deleting),
+                vec![E::StopSessions, E::StopMain, E::RemoveResources],
+            )),
             (Stopped, Ev::Start) | (Failed, Ev::Start) => {
                 Some((Next::State(Starting), vec![E::MintIncarnation, E::Launch]))
             }
@@ -288,9 +330,10 @@ mod tests {
             (Starting, Ev::StartFailed(_)) => Some((Next::State(Failed), vec![E::RemovePartial])),
             (Starting, Ev::StartCancelled) => Some((Next::State(Stopped), vec![E::RemovePartial])),
             (Stopped, Ev::Stop) => st(Stopped),
-            (Running, Ev::Stop) | (Failed, Ev::Stop) | (Starting, Ev::Stop) => {
-                Some((Next::State(Stopping), stop_fx))
-            }
+            (Running, Ev::Stop)
+            | (Failed, Ev::Stop)
+            | (Starting, Ev::Stop)
+            | (Stopping, Ev::Stop) => Some((Next::State(Stopping), stop_fx)),
             (Stopping, Ev::Stopped) => st(Stopped),
             (Stopping, Ev::StopFailed) => st(Failed),
             (Running, Ev::Exited(0)) => {
@@ -301,6 +344,7 @@ mod tests {
             }
             (Running, Ev::Missing) => Some((Next::State(Failed), vec![E::StopSessions])),
             (Deleting, Ev::Deleted) => Some((Next::Gone, vec![])),
+            (Deleting, Ev::DeleteFailed) => st(Failed),
             _ => None,
         }
     }
@@ -324,24 +368,37 @@ mod tests {
                 }
             }
         }
-        // 72 cells; the count pins the table's shape so a new permissive arm is noticed.
-        assert_eq!(refused, 72 - 22);
+        // 78 cells; the count pins the table's shape so a new permissive arm is noticed.
+        assert_eq!(refused, 78 - 24);
     }
 
     #[test]
-    fn no_op_start_and_stop_have_no_effects() {
-        assert!(
-            transition(State::Running, Ev::Start)
-                .unwrap()
-                .effects
-                .is_empty()
-        );
-        assert!(
-            transition(State::Stopped, Ev::Stop)
-                .unwrap()
-                .effects
-                .is_empty()
-        );
+    fn record_effects_come_first_and_only_real_moves_commit() {
+        for state in State::ALL {
+            for event in EVENTS {
+                let Ok(t) = transition(state, event) else {
+                    continue;
+                };
+                let first_runtime = t.effects.iter().position(|e| !e.is_record());
+                if let Some(i) = first_runtime {
+                    assert!(
+                        t.effects[i..].iter().all(|e| !e.is_record()),
+                        "{state} + {event:?}: a record effect after a runtime effect"
+                    );
+                }
+                let stays = t.next == Next::State(state);
+                assert_eq!(
+                    t.commits(state),
+                    !stays || t.effects.contains(&E::MintIncarnation),
+                    "{state} + {event:?}"
+                );
+            }
+        }
+        // The no-ops of the contract: nothing written, nothing run.
+        for (state, event) in [(State::Running, Ev::Start), (State::Stopped, Ev::Stop)] {
+            let t = transition(state, event).unwrap();
+            assert!(!t.commits(state) && t.effects.is_empty());
+        }
     }
 
     #[test]

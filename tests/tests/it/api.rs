@@ -158,8 +158,8 @@ async fn bad_input_gets_its_documented_status_and_code_and_changes_nothing() {
         ),
         (
             json!({"name": "ok3", "runtime": "podman"}).to_string(),
-            503,
-            "runtime_unavailable",
+            422,
+            "validation_failed",
         ),
         (
             format!(

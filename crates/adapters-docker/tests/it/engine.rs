@@ -112,7 +112,7 @@ async fn a_container_removed_from_outside_fails_the_workspace_then_start_and_del
             wake.clone(),
         );
         tokio_util::task::TaskTracker::new().spawn(async move {
-            rt.watch_events(&id, &cancel, || wake.notify_one()).await;
+            rt.follow_events(&id, &cancel, || wake.notify_one()).await;
         })
     };
     let reconciler = {

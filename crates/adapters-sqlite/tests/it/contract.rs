@@ -21,19 +21,6 @@ async fn sqlite_store_passes_the_store_contract() {
     .await;
 }
 
-/// The daemon's composition: the read cache over SQLite.
-#[tokio::test]
-async fn the_read_cache_over_sqlite_passes_the_store_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = std::sync::atomic::AtomicUsize::new(0);
-    store_contract(|| async {
-        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let inner = crate::open(&dir.path().join(format!("cached-{n}.db"))).await as Arc<dyn Store>;
-        Arc::new(berth_core::CachedStore::new(inner)) as Arc<dyn Store>
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn the_database_file_is_private_and_full_durability_opens() {
     let dir = tempfile::tempdir().unwrap();

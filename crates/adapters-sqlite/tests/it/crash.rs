@@ -135,7 +135,10 @@ fn child_process_for_crash_durability() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut out = std::io::stdout().lock();
         let mut ids: Vec<WorkspaceId> = store
-            .list_workspaces(None, 1000)
+            .list_workspaces(&berth_core::ports::WorkspaceQuery {
+                limit: 1000,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .items

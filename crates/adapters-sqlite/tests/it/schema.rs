@@ -85,6 +85,20 @@ async fn a_first_version_database_opens_and_migrates() {
         None,
         "the new table exists"
     );
+    let tmux = store
+        .list_workspaces(&berth_core::ports::WorkspaceQuery {
+            limit: 10,
+            runtime: Some(RuntimeKind::parse("tmux").unwrap()),
+            state: Some(State::Stopped),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        tmux.items.iter().map(|w| w.id.clone()).collect::<Vec<_>>(),
+        vec![ws.id.clone()],
+        "the runtime column is back-filled for old rows"
+    );
     let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
         .fetch_one(
             &SqlitePoolOptions::new()
@@ -133,5 +147,5 @@ async fn a_database_from_a_newer_berth_is_refused_with_a_clear_message() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1, 2, 99]);
+    assert_eq!(versions, vec![1, 2, 3, 99]);
 }

@@ -172,7 +172,7 @@ async fn git_worktrees_are_created_checked_and_removed_and_user_dirs_are_kept() 
         .await
         .unwrap();
     let error = refused.error.unwrap();
-    assert_eq!(error.code, "workspace_dirty");
+    assert_eq!(error.code, berth_core::ErrorCode::WorkspaceDirty);
     let mut files = error.details["files"].clone();
     files.sort();
     assert_eq!(files, vec!["README".to_owned(), "new file.txt".to_owned()]);
@@ -256,7 +256,10 @@ async fn git_worktrees_are_created_checked_and_removed_and_user_dirs_are_kept() 
         .wait()
         .await
         .unwrap();
-    assert_eq!(refused.error.unwrap().code, "dirty_check_failed");
+    assert_eq!(
+        refused.error.unwrap().code,
+        berth_core::ErrorCode::DirtyCheckFailed
+    );
     engine.shutdown().await;
 }
 
@@ -327,7 +330,7 @@ async fn a_worktree_whose_repository_moved_is_not_deleted_as_clean() {
         .unwrap();
     assert_eq!(
         refused.error.map(|e| e.code),
-        Some("dirty_check_failed".to_owned())
+        Some(berth_core::ErrorCode::DirtyCheckFailed)
     );
     assert_eq!(
         std::fs::read_to_string(dir.join("unsaved.txt")).unwrap(),

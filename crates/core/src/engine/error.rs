@@ -1,10 +1,12 @@
-//! The engine's error type, with the stable code each variant maps to.
+//! The engine's error type, with the stable [`ErrorCode`] each variant maps to.
 
+use crate::code::ErrorCode;
 use crate::ids::IdError;
+use crate::model::OpError;
 use crate::ports::{ConflictReason, RuntimeError, StoreError};
 use crate::state::{State, TransitionError};
 
-/// Why an engine call failed. `code()` gives the stable API code.
+/// Why an engine call failed. [`EngineError::code`] gives the stable API code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
@@ -14,7 +16,7 @@ pub enum EngineError {
         /// What was looked up.
         what: String,
     },
-    /// A field of the request is invalid.
+    /// A field of the request is invalid, or the runtime cannot honour it.
     #[error("{field}: {message}")]
     Validation {
         /// The field.
@@ -38,17 +40,39 @@ pub enum EngineError {
         /// The refused request.
         request: String,
     },
-    /// A delete is in flight or queued.
+    /// A delete is pending, or a failed delete left the workspace `deleting`.
     #[error("workspace {workspace} is being deleted")]
     WorkspaceDeleting {
         /// The workspace.
         workspace: String,
     },
-    /// A stop is in flight.
+    /// A stop is pending.
     #[error("workspace {workspace} is stopping")]
     WorkspaceStopping {
         /// The workspace.
         workspace: String,
+    },
+    /// A running session has the name, with another command.
+    #[error("session {session} of workspace {workspace} runs another command; stop it first")]
+    SessionExists {
+        /// The workspace.
+        workspace: String,
+        /// The session.
+        session: String,
+    },
+    /// The idempotency key was used with another request.
+    #[error("idempotency key {key:?} was used with another request body")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// `wait` reached its timeout before anything settled.
+    #[error("nothing settled before the timeout; workspace {workspace} is {state}")]
+    WaitTimeout {
+        /// The workspace.
+        workspace: String,
+        /// Its state at the timeout.
+        state: State,
     },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
@@ -67,40 +91,60 @@ pub enum EngineError {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
-    /// An engine invariant broke (a task ended without a result). Logged with detail.
+    /// An engine invariant broke (a task ended without a result, a driver panicked).
+    /// Logged with detail.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl EngineError {
     /// The stable code of `../shared/design/api.md`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            EngineError::NotFound { .. } => "not_found",
-            EngineError::Validation { .. } => "validation_failed",
-            EngineError::NameTaken { .. } => "name_taken",
-            EngineError::InvalidTransition { .. } => "invalid_transition",
-            EngineError::WorkspaceDeleting { .. } => "workspace_deleting",
-            EngineError::WorkspaceStopping { .. } => "workspace_stopping",
-            EngineError::ShuttingDown => "shutting_down",
-            EngineError::RuntimeUnavailable { .. } => "runtime_unavailable",
+            EngineError::NotFound { .. } => ErrorCode::NotFound,
+            EngineError::Validation { .. } => ErrorCode::ValidationFailed,
+            EngineError::NameTaken { .. } => ErrorCode::NameTaken,
+            EngineError::InvalidTransition { .. } => ErrorCode::InvalidTransition,
+            EngineError::WorkspaceDeleting { .. } => ErrorCode::WorkspaceDeleting,
+            EngineError::WorkspaceStopping { .. } => ErrorCode::WorkspaceStopping,
+            EngineError::SessionExists { .. } => ErrorCode::SessionExists,
+            EngineError::IdempotencyConflict { .. } => ErrorCode::IdempotencyConflict,
+            EngineError::WaitTimeout { .. } => ErrorCode::WaitTimeout,
+            EngineError::ShuttingDown => ErrorCode::ShuttingDown,
+            EngineError::RuntimeUnavailable { .. } => ErrorCode::RuntimeUnavailable,
             EngineError::Runtime(e) => runtime_code(e),
-            EngineError::Store(StoreError::NameTaken { .. }) => "name_taken",
-            EngineError::Store(_) | EngineError::Internal(_) => "internal",
+            EngineError::Store(StoreError::NameTaken { .. }) => ErrorCode::NameTaken,
+            EngineError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
+            EngineError::Store(_) | EngineError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The error as an op records it. An internal error's message says only that; its
+    /// cause belongs in the log.
+    pub fn to_op_error(&self) -> OpError {
+        match self.code() {
+            ErrorCode::Internal => {
+                tracing::error!(error = %self, "an op failed with an internal error");
+                OpError::new(
+                    ErrorCode::Internal,
+                    "internal error; the daemon's log has the cause",
+                )
+            }
+            code => OpError::new(code, self.to_string()),
         }
     }
 }
 
 /// The stable code of a runtime error.
-pub fn runtime_code(error: &RuntimeError) -> &'static str {
+pub fn runtime_code(error: &RuntimeError) -> ErrorCode {
     match error {
-        RuntimeError::Unavailable { .. } => "runtime_unavailable",
-        RuntimeError::Timeout { .. } => "runtime_timeout",
+        RuntimeError::Unavailable { .. } => ErrorCode::RuntimeUnavailable,
+        RuntimeError::Timeout { .. } => ErrorCode::RuntimeTimeout,
         RuntimeError::Conflict {
             reason: ConflictReason::Foreign,
             ..
-        } => "name_taken",
-        _ => "runtime_error",
+        } => ErrorCode::NameTaken,
+        _ => ErrorCode::RuntimeError,
     }
 }
 
@@ -132,7 +176,7 @@ impl From<IdError> for EngineError {
 
 pub(crate) fn invalid_transition(
     workspace: &str,
-    e: TransitionError,
+    e: &TransitionError,
     request: &str,
 ) -> EngineError {
     EngineError::InvalidTransition {

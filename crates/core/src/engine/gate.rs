@@ -1,18 +1,28 @@
-//! The per-workspace gate: one op in flight, one queued, and the session registry.
+//! The per-workspace gate: one op in flight and one queued, the row last committed, the
+//! session registry, and the locks that order them.
 //!
-//! A gate is created on first use and lives until its workspace is deleted. Different
-//! workspaces never share a lock: the registry map is only held to look a gate up.
+//! - `intake` (async) serialises request intake: the merge decision, the op insert and
+//!   the slot update of one request, and the driver's hand-over from one op to the next.
+//! - `exec` (async) serialises runtime side effects: ops, the reconciler, recovery.
+//! - `state` (sync, never held across an `await`) holds what readers snapshot: the
+//!   committed row and the pending ops, together, so a read is one consistent moment
+//!   and never waits for an op or a runtime call.
+//!
+//! A gate is created on first use of an existing workspace and lives until the
+//! workspace is deleted. Different workspaces never share a lock: the registry map is
+//! only held to look a gate up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::{OpId, SessionName, WorkspaceId};
 use crate::merge::{InFlight, OpKind, Phase, Slot};
-use crate::model::{Operation, Session};
+use crate::model::{Operation, Session, Workspace};
 
 use super::EngineError;
 
@@ -26,6 +36,12 @@ pub(crate) struct PendingOp {
     /// Cancelled on preemption; a child of the engine's ops token (shutdown).
     pub(crate) cancel: CancellationToken,
     pub(crate) done: watch::Sender<Option<Operation>>,
+    /// The op's runtime work ends by this instant (a stop or delete: one stop ceiling
+    /// in total). A preempted start's cleanup inherits its preemptor's deadline, so a
+    /// delete that cancels a start still ends within one ceiling.
+    pub(crate) deadline: Option<Instant>,
+    /// A delete whose preflight passed at intake does not check again.
+    pub(crate) preflighted: bool,
 }
 
 impl PendingOp {
@@ -42,6 +58,8 @@ impl PendingOp {
             preempted_by: None,
             cancel,
             done,
+            deadline: None,
+            preflighted: false,
         }
     }
 }
@@ -67,6 +85,33 @@ impl SlotState {
             },
         }
     }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.queued.is_none()
+    }
+
+    pub(crate) fn pending(&self) -> PendingView {
+        PendingView {
+            in_flight: self.in_flight.as_ref().map(|p| p.op.clone()),
+            queued: self.queued.as_ref().map(|p| p.op.clone()),
+        }
+    }
+}
+
+/// The ops pending on a workspace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingView {
+    /// The op in flight.
+    pub in_flight: Option<Operation>,
+    /// The op queued behind it.
+    pub queued: Option<Operation>,
+}
+
+impl PendingView {
+    /// Nothing in flight, nothing queued.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.queued.is_none()
+    }
 }
 
 /// Why session launches are refused right now.
@@ -87,26 +132,71 @@ pub(crate) struct SessionGate {
     pub(crate) launching: HashMap<SessionName, watch::Receiver<Option<LaunchResult>>>,
 }
 
+/// What the gate's sync lock guards.
 #[derive(Debug, Default)]
-pub(crate) struct Gate {
-    pub(crate) slot: tokio::sync::Mutex<SlotState>,
-    /// Serializes every runtime side effect of the workspace (ops, reconciler, recovery).
-    pub(crate) exec: tokio::sync::Mutex<()>,
-    pub(crate) sessions: parking_lot::Mutex<SessionGate>,
-    pub(crate) sessions_idle: Notify,
-    /// The workspace row as last committed through this gate. Every write of the row
-    /// goes through the gate (under the exec lock), so this is the stored row; it is
-    /// cleared when a write fails (the stored row is then unknown) and read again.
-    pub(crate) row: parking_lot::Mutex<Option<crate::model::Workspace>>,
+pub(crate) struct GateState {
+    /// The row as last committed through this gate (`None`: not known, read the store).
+    /// Every write of the row goes through the gate under the exec lock (the store's
+    /// writer model), so this is the stored row.
+    pub(crate) row: Option<Workspace>,
+    /// The rows were deleted.
+    pub(crate) gone: bool,
+    /// Row writes in progress; a reader fills `row` from the store only when none is.
+    pub(crate) writing: u32,
+    /// Row writes finished; a reader fills `row` only if none finished since it began.
+    pub(crate) writes: u64,
+    pub(crate) slot: SlotState,
+    pub(crate) sessions: SessionGate,
     /// True once a stop removed every session and none was launched since: the next
     /// stop can skip reading the session rows. False (unknown) on a fresh gate.
-    pub(crate) no_sessions: std::sync::atomic::AtomicBool,
+    pub(crate) no_sessions: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub(crate) intake: tokio::sync::Mutex<()>,
+    pub(crate) exec: tokio::sync::Mutex<()>,
+    state: parking_lot::Mutex<GateState>,
+    pub(crate) sessions_idle: Notify,
+    /// Bumped after every change of `state` (`wait` re-evaluates on it).
+    changed: watch::Sender<u64>,
     /// Bumped whenever an op or session change finishes; the reconciler acts only on
     /// workspaces whose epoch did not move while it listed the runtime.
-    pub(crate) epoch: AtomicU64,
+    epoch: AtomicU64,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            intake: tokio::sync::Mutex::new(()),
+            exec: tokio::sync::Mutex::new(()),
+            state: parking_lot::Mutex::new(GateState::default()),
+            sessions_idle: Notify::new(),
+            changed: watch::channel(0).0,
+            epoch: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Gate {
+    /// Reads the state. Never hold the guard across an `await`, and never call
+    /// [`Gate::update`] while holding it.
+    pub(crate) fn read(&self) -> parking_lot::MutexGuard<'_, GateState> {
+        self.state.lock()
+    }
+
+    /// Changes the state and wakes `wait` callers.
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut GateState) -> R) -> R {
+        let r = f(&mut self.state.lock());
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        r
+    }
+
+    /// A receiver that changes whenever the state did.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     pub(crate) fn bump(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
@@ -117,12 +207,12 @@ impl Gate {
 
     /// Refuses new session launches and waits until the launches in progress ended.
     pub(crate) async fn close_sessions(&self, why: SessionsClosed) {
-        self.sessions.lock().closed = Some(why);
+        self.update(|st| st.sessions.closed = Some(why));
         loop {
             let notified = self.sessions_idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.sessions.lock().active == 0 {
+            if self.read().sessions.active == 0 {
                 return;
             }
             notified.await;
@@ -130,7 +220,7 @@ impl Gate {
     }
 
     pub(crate) fn open_sessions(&self) {
-        self.sessions.lock().closed = None;
+        self.update(|st| st.sessions.closed = None);
     }
 }
 
@@ -141,6 +231,7 @@ pub(crate) struct Gates {
 }
 
 impl Gates {
+    /// The gate of a workspace the caller knows exists, created on first use.
     pub(crate) fn get(&self, id: &WorkspaceId) -> Arc<Gate> {
         self.map.lock().entry(id.clone()).or_default().clone()
     }
@@ -151,6 +242,14 @@ impl Gates {
 
     pub(crate) fn remove(&self, id: &WorkspaceId) {
         self.map.lock().remove(id);
+    }
+
+    pub(crate) fn all(&self) -> Vec<(WorkspaceId, Arc<Gate>)> {
+        self.map
+            .lock()
+            .iter()
+            .map(|(k, g)| (k.clone(), Arc::clone(g)))
+            .collect()
     }
 
     pub(crate) fn epochs(&self) -> HashMap<WorkspaceId, u64> {

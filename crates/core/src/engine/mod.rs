@@ -1,16 +1,36 @@
 //! The engine: the per-workspace serial executor that enforces `lifecycle.md`.
 //!
-//! Requests meet the per-workspace gate ([`crate::merge`]); ops run on a driver task
-//! per busy workspace, one after the other; every state change commits with its event;
-//! the reconciler, boot recovery and `shutdown` go through the same gates. Every task
-//! the engine spawns belongs to its [`TaskTracker`].
+//! [`Engine`] is a thin facade; the work is split by concern:
+//!
+//! - `intake`: creating workspaces and meeting op requests with the gate ([`crate::merge`]).
+//! - `driver`: runs the op in flight, then the queued one, until the gate is idle.
+//! - `ops/`: `start`, `stop`, `restart`, `delete` as sequences of lifecycle events.
+//! - `commit`: the one commit path (every transition, every row write).
+//! - `effects`: the interpreter that performs every [`crate::state::Effect`];
+//!   `launch`: the launch effect's adopt/remove/retry.
+//! - `queries`, `wait`: reads, as consistent snapshots that never wait on a gate.
+//! - `reconcile`, `recovery`: making the store and the runtimes agree.
+//! - `sessions`, `shutdown`, `gate`, `validate`, `config`, `error`.
+//!
+//! Only the interpreter performs the effects of a transition, and only the commit path
+//! writes a workspace row. Every task the engine spawns belongs to its [`TaskTracker`].
 
+mod commit;
 mod config;
+mod driver;
+mod effects;
 mod error;
 mod gate;
+mod intake;
+mod launch;
+mod ops;
+mod queries;
 mod reconcile;
-mod run;
+mod recovery;
 mod sessions;
+mod shutdown;
+mod validate;
+mod wait;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,17 +42,22 @@ use tokio_util::task::TaskTracker;
 
 pub use config::EngineConfig;
 pub use error::{EngineError, runtime_code};
-pub use reconcile::{ReconcileReport, RecoveryReport};
+pub use gate::PendingView;
+pub use intake::{Created, IdempotencyKey};
+pub use queries::{ListQuery, Page, Snapshot};
+pub use reconcile::ReconcileReport;
+pub use recovery::RecoveryReport;
+pub use shutdown::ShutdownReport;
+pub use validate::is_env_name;
+pub use wait::{WaitOutcome, WaitTarget};
 
-use crate::ids::{EngineId, OpId, RuntimeKind, WorkspaceId, WorkspaceName, WorkspaceToken};
-use crate::merge::{Decision, OpKind, Refusal, merge};
-use crate::model::{
-    Actor, Cause, CreateWorkspace, Event, NewEvent, OpError, OpStatus, Operation, Workspace,
-};
-use crate::ports::{Clock, ProcessRuntime, Reporter, Store, SystemClock};
+use crate::ids::{EngineId, OpId, RuntimeKind, SessionName, WorkspaceId, WorkspaceToken};
+use crate::merge::OpKind;
+use crate::model::{Actor, CreateWorkspace, Event, Operation, Session, Workspace};
+use crate::ports::{Clock, Fence, ProcessRuntime, Reporter, ReporterStats, Store, SystemClock};
 use crate::state::State;
 
-use gate::{Gate, Gates, PendingOp};
+use gate::Gates;
 
 /// Builds an [`Engine`] from its ports and config.
 #[derive(Debug, Default)]
@@ -42,6 +67,7 @@ pub struct EngineBuilder {
     clock: Option<Arc<dyn Clock>>,
     runtimes: Vec<Arc<dyn ProcessRuntime>>,
     config: EngineConfig,
+    fence: Fence,
 }
 
 impl EngineBuilder {
@@ -80,8 +106,16 @@ impl EngineBuilder {
         self
     }
 
+    /// The fence every row write carries (default: epoch 0, a single writer). A store
+    /// shared by several engines refuses writes from an engine whose fence it outgrew.
+    #[must_use]
+    pub fn fence(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
+    }
+
     /// Opens the engine: loads (or creates) the engine id, starts the reporter, runs
-    /// boot recovery, then starts the background reconciler.
+    /// boot recovery, then starts the background reconciler and runtime watchers.
     ///
     /// # Errors
     /// A missing store or reporter, a store that fails, or a recovery that cannot read
@@ -94,7 +128,6 @@ impl EngineBuilder {
             .reporter
             .ok_or_else(|| EngineError::Internal("engine builder needs a reporter".into()))?;
         let engine_id = store.init_engine_id(&EngineId::generate()).await?;
-        let ops_token = CancellationToken::new();
         let inner = Arc::new(Inner {
             engine_id,
             store,
@@ -102,20 +135,22 @@ impl EngineBuilder {
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             runtimes: self.runtimes.into_iter().map(|r| (r.kind(), r)).collect(),
             config: self.config,
+            fence: self.fence,
             gates: Gates::default(),
             tracker: TaskTracker::new(),
             stop_token: CancellationToken::new(),
             loops_token: CancellationToken::new(),
-            ops_token,
+            ops_token: CancellationToken::new(),
             accepting: parking_lot::RwLock::new(true),
             shutdown_result: OnceCell::new(),
             recovery: parking_lot::Mutex::new(None),
+            idempotency: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         });
         inner.reporter.start().await;
         let engine = Engine { inner };
         let report = engine.recover().await?;
         *engine.inner.recovery.lock() = Some(report);
-        engine.spawn_reconciler();
+        engine.spawn_background();
         Ok(engine)
     }
 }
@@ -128,6 +163,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) runtimes: HashMap<RuntimeKind, Arc<dyn ProcessRuntime>>,
     pub(crate) config: EngineConfig,
+    pub(crate) fence: Fence,
     pub(crate) gates: Gates,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when shutdown begins: waits and event streams end on it.
@@ -141,6 +177,8 @@ pub(crate) struct Inner {
     accepting: parking_lot::RwLock<bool>,
     shutdown_result: OnceCell<ShutdownReport>,
     recovery: parking_lot::Mutex<Option<RecoveryReport>>,
+    /// Serialises creates that carry the same idempotency key (striped by its hash).
+    pub(crate) idempotency: [tokio::sync::Mutex<()>; 64],
 }
 
 /// The lifecycle engine. Cheap to clone; all clones share one engine.
@@ -182,26 +220,6 @@ impl OpTicket {
             ))),
         }
     }
-}
-
-/// What `shutdown` did. Every caller gets the first result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShutdownReport {
-    /// All in-flight ops finished before the drain deadline.
-    pub drained: bool,
-    /// Ops ended as `interrupted`.
-    pub interrupted: usize,
-    /// The reporter's final flush finished within its bound.
-    pub reporter_flushed: bool,
-}
-
-/// The ops pending on a workspace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PendingView {
-    /// The op in flight.
-    pub in_flight: Option<Operation>,
-    /// The op queued behind it.
-    pub queued: Option<Operation>,
 }
 
 impl Engine {
@@ -247,72 +265,33 @@ impl Engine {
         self.inner.recovery.lock().clone()
     }
 
-    /// The store, for read paths (events, idempotency keys) of embedding layers.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
-    }
-
-    /// The reporter.
-    pub fn reporter(&self) -> &Arc<dyn Reporter> {
-        &self.inner.reporter
-    }
-
-    fn refuse_if_stopping(&self) -> Result<(), EngineError> {
-        if self.is_shutting_down() {
-            Err(EngineError::ShuttingDown)
-        } else {
-            Ok(())
-        }
+    /// The reporter's queue figures (for metrics).
+    pub fn reporter_stats(&self) -> ReporterStats {
+        self.inner.reporter.stats()
     }
 
     /// Creates a stopped workspace and appends its `created` event.
     ///
     /// # Errors
-    /// `Validation` for a bad spec, `RuntimeUnavailable` for a runtime this engine
-    /// does not run, `NameTaken`, `ShuttingDown`, store errors.
+    /// `Validation` for a bad spec, an unknown runtime, or a field the runtime cannot
+    /// honour (naming the field); `NameTaken`, `ShuttingDown`, store errors.
     pub async fn create(&self, request: CreateWorkspace) -> Result<Workspace, EngineError> {
-        self.refuse_if_stopping()?;
-        validate_spec(&request)?;
-        if !self.inner.runtimes.contains_key(&request.runtime) {
-            return Err(EngineError::RuntimeUnavailable {
-                runtime: request.runtime.to_string(),
-                message: "this engine does not run it".into(),
-            });
-        }
-        let now = self.inner.clock.now();
-        let workspace = Workspace {
-            id: WorkspaceId::generate(),
-            name: request.name,
-            runtime: request.runtime,
-            state: State::Stopped,
-            incarnation: Default::default(),
-            dir: request.spec.dir.clone(),
-            spec: request.spec,
-            created_at: now,
-            updated_at: now,
-            last_error: None,
-            version: 1,
-        };
-        let event = NewEvent {
-            at: now,
-            workspace_id: workspace.id.clone(),
-            op_id: None,
-            actor: request.actor,
-            from: None,
-            to: Some(State::Stopped),
-            cause: Cause::Created,
-            message: format!("workspace {} created", workspace.name),
-        };
-        let stored = self
-            .inner
-            .store
-            .create_workspace(&workspace, &event)
-            .await?;
-        *self.inner.gates.get(&workspace.id).row.lock() = Some(workspace.clone());
-        self.inner
-            .reporter
-            .report(crate::ports::Report::Event(stored));
-        Ok(workspace)
+        self.create_stopped(request).await
+    }
+
+    /// Creates a workspace and, when `start`, requests its start. With a key, the same
+    /// key and request hash give the first answer again (the same ids), whatever
+    /// happened since; the same key with another hash is `IdempotencyConflict`.
+    ///
+    /// # Errors
+    /// See [`Engine::create`]; `IdempotencyConflict`; the start request's errors.
+    pub async fn create_workspace(
+        &self,
+        request: CreateWorkspace,
+        start: bool,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, EngineError> {
+        self.create_with_key(request, start, key).await
     }
 
     /// A workspace by id.
@@ -320,59 +299,75 @@ impl Engine {
     /// # Errors
     /// `NotFound`, store errors.
     pub async fn workspace(&self, id: &WorkspaceId) -> Result<Workspace, EngineError> {
-        self.inner
-            .store
-            .workspace(id)
+        self.existing(id).await
+    }
+
+    /// A workspace and its pending ops, read at one moment.
+    ///
+    /// # Errors
+    /// `NotFound`, store errors.
+    pub async fn snapshot(&self, id: &WorkspaceId) -> Result<Snapshot, EngineError> {
+        self.read_snapshot(id)
             .await?
             .ok_or_else(|| EngineError::NotFound {
                 what: format!("workspace {id}"),
             })
     }
 
-    /// A workspace by id or name (what the API's `{id}` accepts).
+    /// A workspace by id or name (what the API's `{id}` accepts), with its pending ops.
     ///
     /// # Errors
     /// `NotFound` when neither matches, store errors.
-    pub async fn resolve(&self, id_or_name: &str) -> Result<Workspace, EngineError> {
-        let found = if let Ok(id) = WorkspaceId::parse(id_or_name) {
-            self.inner.store.workspace(&id).await?
-        } else if let Ok(name) = WorkspaceName::parse(id_or_name) {
-            self.inner.store.workspace_by_name(&name).await?
-        } else {
-            None
-        };
-        found.ok_or_else(|| EngineError::NotFound {
-            what: format!("workspace {id_or_name:?}"),
-        })
+    pub async fn resolve(&self, id_or_name: &str) -> Result<Snapshot, EngineError> {
+        self.resolve_snapshot(id_or_name).await
     }
 
     /// The ops in flight and queued on a workspace.
-    pub async fn pending(&self, id: &WorkspaceId) -> PendingView {
-        let Some(gate) = self.inner.gates.existing(id) else {
-            return PendingView::default();
-        };
-        let slot = gate.slot.lock().await;
-        PendingView {
-            in_flight: slot.in_flight.as_ref().map(|p| p.op.clone()),
-            queued: slot.queued.as_ref().map(|p| p.op.clone()),
-        }
+    pub fn pending(&self, id: &WorkspaceId) -> PendingView {
+        self.inner
+            .gates
+            .existing(id)
+            .map(|g| g.read().slot.pending())
+            .unwrap_or_default()
     }
 
-    /// One op.
+    /// A page of workspaces by creation, filtered by the store.
+    ///
+    /// # Errors
+    /// `Validation` for a bad limit or an unknown cursor, store errors.
+    pub async fn list(&self, query: ListQuery) -> Result<Page, EngineError> {
+        self.list_page(query).await
+    }
+
+    /// How many workspaces are in each state (every state listed).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn counts_by_state(&self) -> Result<BTreeMap<State, u64>, EngineError> {
+        let mut counts: BTreeMap<State, u64> = State::ALL.iter().map(|s| (*s, 0)).collect();
+        for (state, n) in self.inner.store.count_by_state().await? {
+            counts.insert(state, n);
+        }
+        Ok(counts)
+    }
+
+    /// One op (while pending, with its current `joined` count).
     ///
     /// # Errors
     /// `NotFound`, store errors.
     pub async fn op(&self, id: &OpId) -> Result<Operation, EngineError> {
-        self.inner
-            .store
-            .op(id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound {
-                what: format!("operation {id}"),
-            })
+        self.op_now(id).await
     }
 
-    /// Events after a cursor.
+    /// A workspace's ops, newest first.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown workspace, store errors.
+    pub async fn ops(&self, id: &WorkspaceId, limit: usize) -> Result<Vec<Operation>, EngineError> {
+        self.ops_page(id, limit).await
+    }
+
+    /// Events after a cursor, oldest first.
     ///
     /// # Errors
     /// Store errors.
@@ -382,7 +377,15 @@ impl Engine {
         workspace: Option<&WorkspaceId>,
         limit: usize,
     ) -> Result<Vec<Event>, EngineError> {
-        Ok(self.inner.store.events(after, workspace, limit).await?)
+        self.events_page(after, workspace, limit).await
+    }
+
+    /// The highest event `seq` written so far.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn last_event_seq(&self) -> Result<u64, EngineError> {
+        Ok(self.inner.store.last_event_seq().await?)
     }
 
     /// The workspace a token belongs to, only while it is the token of the workspace's
@@ -396,14 +399,7 @@ impl Engine {
         &self,
         token: &WorkspaceToken,
     ) -> Result<Option<Workspace>, EngineError> {
-        let Some((id, incarnation)) = self.inner.store.token_owner(&token.hash()).await? else {
-            return Ok(None);
-        };
-        let Some(ws) = self.inner.store.workspace(&id).await? else {
-            return Ok(None);
-        };
-        let live = matches!(ws.state, State::Starting | State::Running | State::Stopping);
-        Ok((ws.incarnation == incarnation && live).then_some(ws))
+        self.token_workspace(token).await
     }
 
     /// Requests `start`.
@@ -447,8 +443,9 @@ impl Engine {
     /// The op is persisted before this returns; the ticket resolves when it ends.
     ///
     /// # Errors
-    /// `NotFound` for an unknown workspace, `WorkspaceDeleting` when a delete is in
-    /// flight or queued, `ShuttingDown`, store errors.
+    /// `NotFound` for an unknown workspace, `WorkspaceDeleting` when a delete is pending
+    /// or a failed delete left the workspace `deleting` (any request but a delete),
+    /// `ShuttingDown`, store errors.
     pub async fn request(
         &self,
         id: &WorkspaceId,
@@ -457,25 +454,19 @@ impl Engine {
         force: bool,
     ) -> Result<OpTicket, EngineError> {
         self.refuse_if_stopping()?;
-        // A known gate with its row proves the workspace exists without a read; an
-        // unknown id never creates a gate.
-        let known = self
-            .inner
-            .gates
-            .existing(id)
-            .and_then(|g| g.row.lock().clone());
-        let ws = match known {
-            Some(ws) => ws,
-            None => self.workspace(id).await?,
-        };
-        // The merge, the op insert and the slot update run in a tracked task: a caller
-        // that goes away (an HTTP client disconnecting) cannot leave a persisted op
-        // that nothing runs, or a replaced op whose waiters never hear.
+        // An unknown id never creates a gate.
+        if self.read_snapshot(id).await?.is_none() {
+            return Err(EngineError::NotFound {
+                what: format!("workspace {id}"),
+            });
+        }
+        // The intake runs in a tracked task: a caller that goes away (an HTTP client
+        // disconnecting) cannot leave a persisted op that nothing runs.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let engine = self.clone();
         let id = id.clone();
         let submitted = self.spawn(async move {
-            let _ = tx.send(engine.submit(ws, &id, kind, actor, force).await);
+            let _ = tx.send(engine.submit(&id, kind, actor, force).await);
         });
         if !submitted {
             return Err(EngineError::ShuttingDown);
@@ -484,139 +475,91 @@ impl Engine {
             .map_err(|_| EngineError::Internal("the request task ended without an answer".into()))?
     }
 
-    async fn submit(
+    /// Waits until the workspace reaches `target`, or settles where `target` can no
+    /// longer be reached (answering `reached: false`), reading state and pending ops as
+    /// one snapshot each time.
+    ///
+    /// # Errors
+    /// `WaitTimeout` (with the state) when nothing settled in time; `NotFound`;
+    /// `Validation` for a transitional target state; `ShuttingDown`.
+    pub async fn wait(
         &self,
-        ws: Workspace,
         id: &WorkspaceId,
-        kind: OpKind,
-        actor: Actor,
-        force: bool,
-    ) -> Result<OpTicket, EngineError> {
-        let gate = self.inner.gates.get(id);
-        let mut slot = gate.slot.lock().await;
-        let decision = merge(slot.view(), kind);
-        let joined = match decision {
-            Decision::Refuse(Refusal::WorkspaceDeleting) => {
-                return Err(EngineError::WorkspaceDeleting {
-                    workspace: ws.id.to_string(),
-                });
-            }
-            Decision::JoinInFlight => slot.in_flight.as_mut(),
-            Decision::JoinQueued => slot.queued.as_mut(),
-            Decision::Run | Decision::Queue | Decision::ReplaceQueued | Decision::Preempt => None,
-        };
-        if let Some(p) = joined {
-            p.op.joined += 1;
-            if force {
-                p.op.force = true;
-            }
-            return Ok(OpTicket {
-                op_id: p.op.id.clone(),
-                rx: p.done.subscribe(),
-            });
-        }
-        let now = self.inner.clock.now();
-        let op = Operation {
-            id: OpId::generate(),
-            workspace_id: id.clone(),
-            kind,
-            status: if decision == Decision::Run {
-                OpStatus::Running
-            } else {
-                OpStatus::Queued
-            },
-            actor,
-            force,
-            requested_at: now,
-            started_at: (decision == Decision::Run).then_some(now),
-            start_phase_at: None,
-            finished_at: None,
-            joined: 0,
-            result_state: None,
-            incarnation: None,
-            error: None,
-            superseded_by: None,
-        };
-        // A delete that would preempt a start checks for unsaved work first: a refused
-        // delete must change nothing, not even the start it would have cancelled.
-        if decision == Decision::Preempt
-            && kind == OpKind::Delete
-            && !force
-            && let Some(refusal) = self.preflight(&ws).await
-        {
-            let mut refused = op;
-            refused.status = OpStatus::Failed;
-            refused.started_at = Some(now);
-            refused.finished_at = Some(self.inner.clock.now());
-            refused.result_state = Some(ws.state);
-            refused.error = Some(refusal);
-            self.inner.store.insert_op(&refused).await?;
-            let (done, rx) = watch::channel(Some(refused.clone()));
-            drop(done);
-            return Ok(OpTicket {
-                op_id: refused.id,
-                rx,
-            });
-        }
-        self.inner.store.insert_op(&op).await?;
-        let pending = PendingOp::new(op.clone(), self.inner.ops_token.child_token());
-        let ticket = OpTicket {
-            op_id: op.id.clone(),
-            rx: pending.done.subscribe(),
-        };
-        match decision {
-            Decision::Run => {
-                slot.in_flight = Some(pending);
-                if !self.spawn_driver(gate.clone()) {
-                    let p = slot.in_flight.take();
-                    drop(slot);
-                    if let Some(p) = p {
-                        self.finish_unrun(p, OpStatus::Failed, None, Some(shutting_down_error()))
-                            .await;
-                    }
-                    return Err(EngineError::ShuttingDown);
-                }
-            }
-            Decision::Queue => slot.queued = Some(pending),
-            Decision::ReplaceQueued | Decision::Preempt => {
-                if decision == Decision::Preempt
-                    && let Some(running) = slot.in_flight.as_mut()
-                {
-                    running.preempted_by = Some(op.id.clone());
-                    running.cancel.cancel();
-                }
-                let old = slot.queued.replace(pending);
-                if let Some(old) = old {
-                    self.finish_unrun(old, OpStatus::Superseded, Some(op.id.clone()), None)
-                        .await;
-                }
-            }
-            Decision::JoinInFlight | Decision::JoinQueued | Decision::Refuse(_) => {}
-        }
-        Ok(ticket)
+        target: WaitTarget,
+        timeout: Duration,
+    ) -> Result<WaitOutcome, EngineError> {
+        self.wait_for(id, target, timeout).await
     }
 
-    /// Ends an op that never ran (superseded in the queue, or refused at shutdown).
-    async fn finish_unrun(
+    /// Launches session `name` in a running workspace, or returns the running session of
+    /// that name when the command and env are the same.
+    ///
+    /// # Errors
+    /// `SessionExists` for a running session of that name with another command;
+    /// `WorkspaceStopping`/`WorkspaceDeleting` while a stop or delete is pending;
+    /// `InvalidTransition` when the workspace (or its main process) does not run;
+    /// `NotFound`, runtime and store errors.
+    pub async fn launch_session(
         &self,
-        mut p: PendingOp,
-        status: OpStatus,
-        by: Option<OpId>,
-        error: Option<OpError>,
-    ) {
-        p.op.status = status;
-        p.op.superseded_by = by;
-        p.op.error = error;
-        p.op.finished_at = Some(self.inner.clock.now());
-        // Answer the waiters first: if this future is dropped during the write, they
-        // still learn how their op ended (the row is fixed by recovery at the latest).
-        p.done.send_replace(Some(p.op.clone()));
+        workspace_id: &WorkspaceId,
+        name: SessionName,
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+    ) -> Result<Session, EngineError> {
+        self.launch_session_now(workspace_id, name, command, env)
+            .await
+    }
+
+    /// Stops session `name` and forgets its row.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown workspace or session, runtime and store errors.
+    pub async fn stop_session(
+        &self,
+        workspace_id: &WorkspaceId,
+        name: &SessionName,
+    ) -> Result<(), EngineError> {
+        self.stop_session_now(workspace_id, name).await
+    }
+
+    /// A workspace's sessions.
+    ///
+    /// # Errors
+    /// `NotFound`, store errors.
+    pub async fn sessions(&self, workspace_id: &WorkspaceId) -> Result<Vec<Session>, EngineError> {
+        self.sessions_of(workspace_id).await
+    }
+
+    /// Recent output of a session (or of the main process when `session` is `None`); an
+    /// empty page when the runtime has no such process (stopped, never started).
+    ///
+    /// # Errors
+    /// `NotFound`, runtime errors.
+    pub async fn output(
+        &self,
+        workspace_id: &WorkspaceId,
+        session: Option<&SessionName>,
+        lines: usize,
+    ) -> Result<Vec<String>, EngineError> {
+        self.output_of(workspace_id, session, lines).await
+    }
+
+    /// One reconcile pass over every runtime. Reports a `ReconcilePass` when it ends.
+    pub async fn reconcile(&self) -> ReconcileReport {
+        self.reconcile_once().await
+    }
+
+    /// Shuts the engine down, once; every caller (concurrent or later) gets the first
+    /// result. Refuses new ops, ends waits and streams, lets in-flight ops finish until
+    /// the drain deadline and then cancels them (`interrupted`), waits (bounded) for
+    /// every task, flushes the reporter with a bounded detached wait, and closes the
+    /// store last. Workspaces keep running.
+    pub async fn shutdown(&self) -> ShutdownReport {
         self.inner
-            .reporter
-            .report(crate::ports::Report::OpFinished(Box::new(p.op.clone())));
-        if let Err(e) = self.inner.store.update_op(&p.op).await {
-            tracing::warn!(op = %p.op.id, error = %e, "could not record the end of an op that never ran");
-        }
+            .shutdown_result
+            .get_or_init(|| self.shutdown_once())
+            .await
+            .clone()
     }
 
     /// Spawns `fut` on the engine's tracker unless shutdown began. Returns whether it did.
@@ -631,150 +574,6 @@ impl Engine {
         self.inner.tracker.spawn(fut);
         true
     }
-
-    fn spawn_driver(&self, gate: Arc<Gate>) -> bool {
-        let engine = self.clone();
-        self.spawn(async move { engine.drive(gate).await })
-    }
-
-    fn spawn_reconciler(&self) {
-        let Some(period) = self.inner.config.reconcile_period else {
-            return;
-        };
-        let engine = self.clone();
-        let token = self.inner.loops_token.clone();
-        self.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep(period) => {}
-                }
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    report = engine.reconcile() => {
-                        if report.listing_failures > 0 {
-                            tracing::warn!(?report, "reconcile pass could not list every runtime");
-                        }
-                    }
-                }
-            }
-        });
-    }
-
-    /// Shuts the engine down, once; every caller (concurrent or later) gets the first
-    /// result. Refuses new ops, ends waits and streams, lets in-flight ops finish until
-    /// the drain deadline and then cancels them (`interrupted`), waits for every task,
-    /// flushes the reporter with a bounded detached wait, and closes the store last.
-    /// Workspaces keep running.
-    pub async fn shutdown(&self) -> ShutdownReport {
-        self.inner
-            .shutdown_result
-            .get_or_init(|| self.shutdown_once())
-            .await
-            .clone()
-    }
-
-    async fn shutdown_once(&self) -> ShutdownReport {
-        let inner = &self.inner;
-        *inner.accepting.write() = false;
-        inner.stop_token.cancel();
-        inner.loops_token.cancel();
-        inner.tracker.close();
-        let drained = tokio::time::timeout(inner.config.drain_deadline, inner.tracker.wait())
-            .await
-            .is_ok();
-        let interrupted = if drained {
-            0
-        } else {
-            let before = self.count_pending().await;
-            inner.ops_token.cancel();
-            inner.tracker.wait().await;
-            before
-        };
-        let reporter_flushed =
-            tokio::time::timeout(inner.config.final_flush_timeout, inner.reporter.shutdown())
-                .await
-                .is_ok();
-        inner.store.close().await;
-        ShutdownReport {
-            drained,
-            interrupted,
-            reporter_flushed,
-        }
-    }
-
-    async fn count_pending(&self) -> usize {
-        let ids: Vec<_> = self.inner.gates.epochs().into_keys().collect();
-        let mut n = 0;
-        for id in ids {
-            if let Some(gate) = self.inner.gates.existing(&id) {
-                let slot = gate.slot.lock().await;
-                n += usize::from(slot.in_flight.is_some()) + usize::from(slot.queued.is_some());
-            }
-        }
-        n
-    }
-}
-
-pub(crate) fn shutting_down_error() -> OpError {
-    OpError {
-        code: "shutting_down".into(),
-        message: "the engine is shutting down".into(),
-        details: BTreeMap::new(),
-    }
-}
-
-fn validate_spec(request: &CreateWorkspace) -> Result<(), EngineError> {
-    let bad = |field: &str, message: &str| {
-        Err(EngineError::Validation {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        })
-    };
-    let spec = &request.spec;
-    if spec.command.iter().any(|a| a.contains('\0')) {
-        return bad("command", "arguments must not contain NUL bytes");
-    }
-    for (k, v) in &spec.env {
-        if !is_env_name(k) {
-            return bad("env", "variable names must match [A-Za-z_][A-Za-z0-9_]*");
-        }
-        if k.starts_with("BERTH_") {
-            return bad("env", "variables starting with BERTH_ are set by berth");
-        }
-        if v.contains('\0') {
-            return bad("env", "values must not contain NUL bytes");
-        }
-    }
-    if spec.dir.is_some() && spec.git.is_some() {
-        return bad("dir", "give either dir or git, not both");
-    }
-    if let Some(dir) = &spec.dir
-        && (!dir.starts_with('/') || dir.contains('\0') || dir.split('/').any(|c| c == ".."))
-    {
-        return bad("dir", "must be an absolute path without '..'");
-    }
-    if let Some(git) = &spec.git
-        && (git.repo.is_empty()
-            || git.reference.is_empty()
-            || git.reference.starts_with('-')
-            || git.repo.starts_with('-'))
-    {
-        return bad(
-            "git",
-            "repo and ref must be non-empty and not start with '-'",
-        );
-    }
-    Ok(())
-}
-
-/// A POSIX environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn is_env_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Short helper for durations in messages.

@@ -8,13 +8,17 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ids::{Incarnation, WorkspaceId};
-use crate::model::{Actor, Cause, LastError, OpStatus, SessionState, Workspace};
-use crate::ports::{OwnedResource, ProcessStatus, ResourceKind, ResourceRef, SessionRef, Step};
-use crate::state::{Effect, FailureReason, LifecycleEvent, State};
+use crate::ids::WorkspaceId;
+use crate::model::{Actor, Cause, LastError, SessionState, Workspace};
+use crate::ports::{
+    OwnedResource, ProcessStatus, ResourceKind, ResourceRef, SessionRef, Step, WorkspaceQuery,
+};
+use crate::state::{FailureReason, LifecycleEvent, State};
 
+use super::commit::Note;
+use super::effects::Exec;
 use super::gate::SessionsClosed;
-use super::run::{Change, op_error};
+use super::recovery::Mode;
 use super::{Engine, EngineError};
 
 /// What one reconcile pass did.
@@ -38,34 +42,19 @@ pub struct ReconcileReport {
     pub transitional_finished: usize,
 }
 
-/// What boot recovery did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// `starting` workspaces whose live resource of the current incarnation was adopted.
-    pub adopted: usize,
-    /// `starting` workspaces with no live resource, now `failed{interrupted}`.
-    pub failed_starts: usize,
-    /// `stopping` workspaces whose stop was finished.
-    pub stops_finished: usize,
-    /// `deleting` workspaces whose delete was finished.
-    pub deletes_finished: usize,
-    /// Ops left `queued` or `running` by the previous engine, now `interrupted`.
-    pub ops_interrupted: usize,
-    /// Workspaces still transitional after recovery (a runtime error); 0 normally.
-    pub still_transitional: usize,
-    /// The first reconcile pass after recovery.
-    pub reconcile: ReconcileReport,
-}
-
 impl Engine {
-    async fn all_workspaces(&self) -> Result<Vec<Workspace>, EngineError> {
+    pub(crate) async fn all_workspaces(&self) -> Result<Vec<Workspace>, EngineError> {
         let mut out = Vec::new();
         let mut after: Option<WorkspaceId> = None;
         loop {
             let page = self
                 .inner
                 .store
-                .list_workspaces(after.as_ref(), 1000)
+                .list_workspaces(&WorkspaceQuery {
+                    after: after.clone(),
+                    limit: 1000,
+                    ..WorkspaceQuery::default()
+                })
                 .await?;
             out.extend(page.items);
             match page.next {
@@ -76,7 +65,7 @@ impl Engine {
     }
 
     /// One reconcile pass over every runtime. Reports a `ReconcilePass` when it ends.
-    pub async fn reconcile(&self) -> ReconcileReport {
+    pub(crate) async fn reconcile_once(&self) -> ReconcileReport {
         let report = self.reconcile_pass().await;
         self.inner
             .reporter
@@ -155,23 +144,20 @@ impl Engine {
             report.skipped_busy += 1;
             return;
         };
-        let idle = gate
-            .slot
-            .try_lock()
-            .map(|s| s.in_flight.is_none())
-            .unwrap_or(false);
-        if !idle || gate.epoch() != epoch_before || gate.sessions.lock().active > 0 {
+        let (idle, launching, cached) = {
+            let st = gate.read();
+            (st.slot.is_idle(), st.sessions.active > 0, st.row.clone())
+        };
+        if !idle || gate.epoch() != epoch_before || launching {
             report.skipped_busy += 1;
             return;
         }
         // The gate is idle and its epoch did not move since before the listing, so the
         // row it last committed (or, on a fresh gate, the row just listed) is current.
-        let cached = gate.row.lock().clone();
         let mut ws = cached.unwrap_or_else(|| listed.clone());
         if ws.state.is_transitional() {
             // No op runs (the gate is idle), so nothing will finish it but us.
-            let mut recovered = RecoveryReport::default();
-            self.finish_transitional(&gate, ws, &mut recovered).await;
+            self.finish_transitional(&gate, ws, Mode::Background).await;
             report.transitional_finished += 1;
             gate.bump();
             return;
@@ -202,23 +188,29 @@ impl Engine {
                 Some(ProcessStatus::Running) => None,
             };
             if let Some((event, cause, reason, message)) = observed {
-                let mut change = Change::new(event, cause, Actor::Reconciler, message.clone());
-                change.last_error = Some(LastError {
+                let mut note = Note::new(cause, Actor::Reconciler, message.clone());
+                note.last_error = Some(LastError {
                     code: reason,
                     message,
                     at: self.inner.clock.now(),
                 });
-                match self.apply(&mut ws, change).await {
-                    Ok(effects) => {
+                match self.commit_transition(&gate, &mut ws, event, note).await {
+                    Ok(committed) => {
                         if matches!(event, LifecycleEvent::Missing) {
                             report.missing += 1
                         } else {
                             report.exited += 1
                         }
-                        let closing = SessionsClosed::Stopping;
-                        let failures = self.run_effects(&gate, &ws, None, &effects, closing).await;
-                        if !failures.is_empty() {
-                            tracing::warn!(workspace = %ws.id, ?failures, "reconcile could not clean up after an exit");
+                        let x = Exec {
+                            gate: &gate,
+                            op: None,
+                            deadline: self.stop_deadline(),
+                            cancel: None,
+                            token: None,
+                            closing: SessionsClosed::Stopping,
+                        };
+                        if let Err(e) = self.run_effects(&ws, &committed.effects, &x).await {
+                            tracing::warn!(workspace = %ws.id, error = %e.message(), "reconcile could not clean up after an exit");
                         }
                         gate.bump();
                         return;
@@ -244,12 +236,12 @@ impl Engine {
         }
         // Session launches do not take the exec lock: re-check, after reading rows and
         // before acting on them, that none registered or finished since the listing.
-        let settled = || gate.sessions.lock().active == 0 && gate.epoch() == epoch_before;
+        let settled = || gate.read().sessions.active == 0 && gate.epoch() == epoch_before;
         // Known to have no session rows (set below, cleared by any launch): skip the reads.
         let listed_sessions = resources
             .iter()
             .any(|r| matches!(r.kind, ResourceKind::Session { .. }));
-        if gate.no_sessions.load(std::sync::atomic::Ordering::SeqCst) && !listed_sessions {
+        if gate.read().no_sessions && !listed_sessions {
             return;
         }
         // One read of the session rows, acted on only if no launch moved meanwhile.
@@ -260,8 +252,7 @@ impl Engine {
             return;
         }
         if rows.is_empty() && !listed_sessions {
-            gate.no_sessions
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            gate.update(|st| st.no_sessions = true);
             return;
         }
         // Session resources of this incarnation without a row are orphans.
@@ -363,151 +354,50 @@ impl Engine {
             Err(_) => tracing::warn!(workspace = %r.workspace_id, "removing an orphan timed out"),
         }
     }
+}
 
-    /// Boot recovery: finishes workspaces left `starting`/`stopping`/`deleting` by a
-    /// crash or an interrupted shutdown, marks the ops it left as `interrupted`, then
-    /// runs one reconcile pass.
-    ///
-    /// # Errors
-    /// Store errors while reading what to recover.
-    pub(crate) async fn recover(&self) -> Result<RecoveryReport, EngineError> {
-        let mut report = RecoveryReport::default();
-        for mut op in self.inner.store.unfinished_ops().await? {
-            op.error = Some(op_error(
-                "interrupted",
-                "the engine stopped while this op was pending; boot recovery finished the workspace",
-            ));
-            self.end_op(&mut op, OpStatus::Interrupted, None, None)
-                .await;
-            report.ops_interrupted += 1;
-        }
-        for ws in self.all_workspaces().await? {
-            if !ws.state.is_transitional() {
-                continue;
-            }
-            let gate = self.inner.gates.get(&ws.id);
-            let _exec = gate.exec.lock().await;
-            self.finish_transitional(&gate, ws, &mut report).await;
-        }
-        report.reconcile = self.reconcile().await;
-        Ok(report)
-    }
-
-    /// Finishes a workspace left `starting`/`stopping`/`deleting` with no op running
-    /// (a crash, an interrupted shutdown, a failed final commit). The caller holds
-    /// the gate's exec lock.
-    pub(crate) async fn finish_transitional(
-        &self,
-        gate: &super::gate::Gate,
-        mut ws: Workspace,
-        report: &mut RecoveryReport,
-    ) {
-        match ws.state {
-            State::Starting => self.recover_start(&mut ws, report).await,
-            State::Stopping => {
-                let effects = [Effect::StopSessions, Effect::StopMain];
-                let failures = self
-                    .run_effects(gate, &ws, None, &effects, SessionsClosed::Stopping)
-                    .await;
-                let (event, cause) = if failures.is_empty() {
-                    (LifecycleEvent::Stopped, Cause::Recovered)
-                } else {
-                    (LifecycleEvent::StopFailed, Cause::StopFailed)
-                };
-                let message = if failures.is_empty() {
-                    format!("recovery finished the stop of {}", ws.name)
-                } else {
-                    format!(
-                        "recovery could not stop {}: {}",
-                        ws.name,
-                        failures.join("; ")
-                    )
-                };
-                let mut change = Change::new(event, cause, Actor::Engine, message.clone());
-                change.last_error = Some(LastError {
-                    code: FailureReason::StopFailed,
-                    message,
-                    at: self.inner.clock.now(),
-                });
-                if self.apply(&mut ws, change).await.is_ok() && failures.is_empty() {
-                    report.stops_finished += 1;
-                }
-            }
-            State::Deleting => {
-                let effects = [
-                    Effect::StopSessions,
-                    Effect::StopMain,
-                    Effect::RemoveResources,
-                ];
-                let failures = self
-                    .run_effects(gate, &ws, None, &effects, SessionsClosed::Deleting)
-                    .await;
-                if failures.is_empty() && self.delete_rows(&ws, None, Actor::Engine).await.is_ok() {
-                    report.deletes_finished += 1;
-                    return;
-                }
-                tracing::warn!(workspace = %ws.id, ?failures, "recovery could not finish a delete; a retry of the delete will");
-            }
-            _ => {}
-        }
-        if ws.state.is_transitional() {
-            report.still_transitional += 1;
-        }
-    }
-
-    async fn recover_start(&self, ws: &mut Workspace, report: &mut RecoveryReport) {
-        let live = match self.runtime_for(ws) {
-            Some(rt) => match rt.inspect(&self.inner.engine_id, &ws.id).await {
-                Ok(Some(r)) => {
-                    r.incarnation == ws.incarnation && r.status == ProcessStatus::Running
-                }
-                Ok(None) => false,
-                Err(e) => {
-                    // Cannot tell: never fail (and later sweep) a workspace that may be
-                    // running. It stays `starting`; the reconciler retries.
-                    tracing::warn!(workspace = %ws.id, error = %e, "recovery could not inspect a starting workspace; leaving it for the reconciler");
-                    return;
-                }
-            },
-            None => false,
-        };
-        if live {
-            let change = Change::new(
-                LifecycleEvent::Launched,
-                Cause::Adopted,
-                Actor::Engine,
-                format!(
-                    "recovery adopted incarnation {} of {}",
-                    ws.incarnation, ws.name
-                ),
+impl Engine {
+    /// Starts the background loops: the periodic reconciler, and one watcher per
+    /// runtime that has an event stream; a wake-up from either runs a pass (bursts
+    /// coalesce into one).
+    pub(crate) fn spawn_background(&self) {
+        let wake = crate::ports::EventWake::new();
+        for rt in self.inner.runtimes.values() {
+            let (rt, engine_id, token, notify) = (
+                rt.clone(),
+                self.inner.engine_id.clone(),
+                self.inner.loops_token.clone(),
+                wake.clone(),
             );
-            if self.apply(ws, change).await.is_ok() {
-                report.adopted += 1;
+            self.spawn(async move {
+                rt.watch_events(&engine_id, &token, &notify).await;
+            });
+        }
+        let period = self.inner.config.reconcile_period;
+        let engine = self.clone();
+        let token = self.inner.loops_token.clone();
+        self.spawn(async move {
+            loop {
+                let tick = async {
+                    match period {
+                        Some(p) => tokio::time::sleep(p).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tick => {}
+                    () = wake.woken() => {}
+                }
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    report = engine.reconcile_once() => {
+                        if report.listing_failures > 0 {
+                            tracing::warn!(?report, "reconcile pass could not list every runtime");
+                        }
+                    }
+                }
             }
-            return;
-        }
-        if let Some(rt) = self.runtime_for(ws)
-            && ws.incarnation > Incarnation(0)
-        {
-            self.remove_partial(rt.as_ref(), ws, None).await;
-        }
-        let message = format!(
-            "the engine stopped while {} was starting and no live process of incarnation {} was found",
-            ws.name, ws.incarnation
-        );
-        let mut change = Change::new(
-            LifecycleEvent::StartFailed(FailureReason::Interrupted),
-            Cause::Recovered,
-            Actor::Engine,
-            message.clone(),
-        );
-        change.last_error = Some(LastError {
-            code: FailureReason::Interrupted,
-            message,
-            at: self.inner.clock.now(),
         });
-        if self.apply(ws, change).await.is_ok() {
-            report.failed_starts += 1;
-        }
     }
 }

@@ -13,8 +13,15 @@ mod store;
 pub use clock::{Clock, SystemClock};
 pub use reporter::{Report, Reporter, ReporterStats, Step};
 pub use runtime::{
-    CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime,
-    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef,
-    WorkspaceRef,
+    CaptureTarget, ConflictReason, DirtyReport, EventWake, LaunchRequest, OwnedResource,
+    ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch,
+    SessionRef, SpecRefusal, WorkspaceRef,
 };
-pub use store::{Commit, NewSession, Store, StoreError, WorkspacePage};
+pub use store::{Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery};
+
+#[cfg(feature = "testkit")]
+pub use reporter::MockReporter;
+#[cfg(feature = "testkit")]
+pub use runtime::MockProcessRuntime;
+#[cfg(feature = "testkit")]
+pub use store::MockStore;

@@ -1,6 +1,9 @@
 //! The reporter port: publishes events, lifecycle steps and errors to the outside
 //! (live subscribers, logs, webhooks) without ever blocking a lifecycle op.
 
+// mockall's generated mocks (feature `testkit`) use std's Mutex internally.
+#![cfg_attr(feature = "testkit", allow(clippy::disallowed_types))]
+
 use async_trait::async_trait;
 
 use crate::ids::{OpId, SessionName, WorkspaceId};
@@ -76,6 +79,7 @@ pub struct ReporterStats {
 }
 
 /// Publishes reports.
+#[cfg_attr(feature = "testkit", mockall::automock)]
 #[async_trait]
 pub trait Reporter: Send + Sync + std::fmt::Debug {
     /// Queues a report. MUST NOT block or await anything slow: when the bounded queue

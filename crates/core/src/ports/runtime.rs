@@ -4,6 +4,9 @@
 //! every resource with them and refuses to stop or remove a resource whose incarnation
 //! does not match the caller's.
 
+// mockall's generated mocks (feature `testkit`) use std's Mutex internally.
+#![cfg_attr(feature = "testkit", allow(clippy::disallowed_types))]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -13,6 +16,7 @@ use crate::ids::{
     EngineId, Generation, Incarnation, RuntimeKind, SessionName, WorkspaceId, WorkspaceName,
 };
 use crate::model::{Timestamp, WorkspaceSpec};
+use tokio_util::sync::CancellationToken;
 
 /// Why a runtime refused with a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,11 +207,54 @@ pub enum DirtyReport {
     Dirty(Vec<String>),
 }
 
+/// A spec field a runtime cannot honour: the create is refused with 422
+/// `validation_failed` naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecRefusal {
+    /// The field (`image`, `git`, `limits`, ...).
+    pub field: &'static str,
+    /// Why, as a sentence naming the runtime.
+    pub message: String,
+}
+
+/// How a runtime's event stream asks the engine for a reconcile pass. Wake-ups that
+/// arrive while a pass is pending coalesce into it.
+#[derive(Debug, Clone, Default)]
+pub struct EventWake(std::sync::Arc<tokio::sync::Notify>);
+
+impl EventWake {
+    /// A new wake-up channel.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks for a reconcile pass.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    /// Resolves at the next wake-up (or at once for one that is pending).
+    pub async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
 /// Runs the processes of workspaces.
+#[cfg_attr(feature = "testkit", mockall::automock)]
 #[async_trait]
 pub trait ProcessRuntime: Send + Sync + std::fmt::Debug {
     /// The runtime's name (`tmux`, `docker`, ...).
     fn kind(&self) -> RuntimeKind;
+
+    /// Whether the runtime can honour `spec`, checked at create before anything is
+    /// stored. MUST refuse every field it would otherwise ignore or cannot apply (an
+    /// image on a runtime without images, a git source it cannot check out, limits it
+    /// cannot enforce, a missing image with no default) naming that field. MUST NOT do
+    /// I/O: it is a check of the settings the runtime was built with.
+    ///
+    /// # Errors
+    /// [`SpecRefusal`] naming the first field it cannot honour.
+    fn check_spec(&self, spec: &WorkspaceSpec) -> Result<(), SpecRefusal>;
 
     /// Creates the workspace directory (worktree, volume) if the spec asks for one and
     /// returns its path. MUST be idempotent. MUST NOT create or modify a directory the
@@ -250,8 +297,19 @@ pub trait ProcessRuntime: Send + Sync + std::fmt::Debug {
     async fn list_owned(&self, engine_id: &EngineId) -> Result<Vec<OwnedResource>, RuntimeError>;
 
     /// Launches a session. MUST be idempotent for the same name and generation.
-    /// MUST return `NotFound` when the workspace's main resource does not run.
+    /// MUST return `NotFound` when the workspace's main resource does not run. A
+    /// session of the same name with another generation whose process has exited MUST
+    /// be replaced (its output goes with it); one whose process still runs MUST be
+    /// refused with `Conflict{NameInUse}` and left alone.
     async fn launch_session(&self, launch: &SessionLaunch) -> Result<(), RuntimeError>;
+
+    /// The session resource of `session.name`, whatever its generation (the
+    /// `generation` field of `session` is ignored). MUST return `Ok(None)` when there
+    /// is none, and only consider resources with our engine id.
+    async fn inspect_session(
+        &self,
+        session: &SessionRef,
+    ) -> Result<Option<OwnedResource>, RuntimeError>;
 
     /// Stops a session and its process tree. MUST return `Ok` when already gone, and
     /// `Ok` without touching anything when `session.generation` is set and the live
@@ -272,4 +330,14 @@ pub trait ProcessRuntime: Send + Sync + std::fmt::Debug {
     /// clean. MUST return an error when the directory cannot be checked (missing,
     /// unreadable).
     async fn dirty_check(&self, workspace: &WorkspaceRef) -> Result<DirtyReport, RuntimeError>;
+
+    /// Follows the runtime's own event stream (a container died, was removed) for
+    /// resources of `engine_id`, calling [`EventWake::wake`] for each event and once after every
+    /// (re)connection, until `stop` is cancelled; the engine runs a reconcile pass per
+    /// wake-up (bursts coalesce). Optional: a runtime without an event stream returns
+    /// at once (the default), and the periodic reconcile is the only trigger. MUST
+    /// return promptly once `stop` is cancelled, and MUST NOT fail: reconnect instead.
+    async fn watch_events(&self, engine_id: &EngineId, stop: &CancellationToken, wake: &EventWake) {
+        let _ = (engine_id, stop, wake);
+    }
 }

@@ -1,12 +1,30 @@
 //! The store port: durable workspaces, the op intent log, the event log, sessions,
 //! token hashes and idempotency keys.
+//!
+//! # Writer model
+//!
+//! One engine writes a store's workspace rows at a time: every write of a row goes
+//! through that workspace's gate in the engine, which therefore keeps the row it last
+//! committed and serves reads from it. A store that is not shared (SQLite in a data
+//! directory, held by one daemon through `daemon.lock`) needs nothing more.
+//!
+//! A store shared by several engines needs fencing, and the port carries the hook: every
+//! row write ([`Store::commit`], [`Store::delete_workspace`]) carries the writer's
+//! [`Fence`]. A store that knows a newer epoch for the workspace MUST refuse the write
+//! with [`StoreError::Fenced`] and write nothing; the engine then forgets its cached
+//! row. Single-writer stores accept every fence.
+
+// mockall's generated mocks (feature `testkit`) use std's Mutex internally.
+#![cfg_attr(feature = "testkit", allow(clippy::disallowed_types))]
 
 use async_trait::async_trait;
 
 use crate::ids::{
-    EngineId, Generation, Incarnation, OpId, SessionName, TokenHash, WorkspaceId, WorkspaceName,
+    EngineId, Generation, Incarnation, OpId, RuntimeKind, SessionName, TokenHash, WorkspaceId,
+    WorkspaceName,
 };
 use crate::model::{Event, NewEvent, Operation, Session, Timestamp, Workspace};
+use crate::state::State;
 
 /// A store error. Callers never see a busy/locked database: adapters wait and retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +57,22 @@ pub enum StoreError {
         /// A sentence.
         message: String,
     },
+    /// The writer's fence is older than one the store knows: another engine owns the row.
+    #[error("{what} is fenced: epoch {epoch} is older than the store's")]
+    Fenced {
+        /// What was written.
+        what: String,
+        /// The refused epoch.
+        epoch: u64,
+    },
+}
+
+/// The writer's fencing epoch, carried by every row write (see the module's writer
+/// model). `Fence::default()` (epoch 0) is the single-writer fence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence {
+    /// The epoch; a store refuses writes whose epoch is below the one it holds.
+    pub epoch: u64,
 }
 
 /// One atomic write: a workspace row, its event, its token hash and op updates.
@@ -54,6 +88,22 @@ pub struct Commit {
     pub token: Option<TokenHash>,
     /// Op rows to write in the same transaction.
     pub ops: Vec<Operation>,
+    /// The writer's fence.
+    pub fence: Fence,
+}
+
+/// Which workspaces a listing returns: a page after a cursor, optionally filtered.
+/// Filters are applied by the store, so a page is full whatever they exclude.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkspaceQuery {
+    /// The last id of the previous page.
+    pub after: Option<WorkspaceId>,
+    /// At most this many rows.
+    pub limit: usize,
+    /// Only workspaces in this state.
+    pub state: Option<State>,
+    /// Only workspaces of this runtime.
+    pub runtime: Option<RuntimeKind>,
 }
 
 /// A page of workspaces ordered by creation.
@@ -81,6 +131,7 @@ pub struct NewSession {
 }
 
 /// Durable state.
+#[cfg_attr(feature = "testkit", mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// The engine instance id of this data directory. MUST return the stored id when
@@ -104,28 +155,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         name: &WorkspaceName,
     ) -> Result<Option<Workspace>, StoreError>;
 
-    /// Workspaces ordered by creation (time, then id), at most `limit`, after the
-    /// cursor. MUST return every workspace exactly once across pages.
-    async fn list_workspaces(
-        &self,
-        after: Option<&WorkspaceId>,
-        limit: usize,
-    ) -> Result<WorkspacePage, StoreError>;
+    /// Workspaces ordered by creation, at most `query.limit`, after the cursor, that
+    /// match the query's filters. MUST return every matching workspace exactly once
+    /// across pages; `next` is `None` only when no matching workspace follows. A cursor
+    /// naming a deleted workspace MUST still work; an unknown cursor is `NotFound`.
+    async fn list_workspaces(&self, query: &WorkspaceQuery) -> Result<WorkspacePage, StoreError>;
+
+    /// How many workspaces are in each state (states with none may be left out).
+    async fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError>;
 
     /// Applies a [`Commit`] atomically: the row (only if its stored version equals
-    /// `expected_version`, else `Conflict` and nothing written), the event (numbered
-    /// with the next `seq`), the token hash, the ops. Returns the stored event.
+    /// `expected_version`, else `Conflict`, and only if its fence is not older than the
+    /// store's, else `Fenced`; nothing written either way), the event (numbered with the
+    /// next `seq`), the token hash, the ops. Returns the stored event.
     async fn commit(&self, commit: &Commit) -> Result<Option<Event>, StoreError>;
 
     /// Removes the workspace, its sessions and token hashes, writes `ops` and appends
     /// `event` in one transaction, only if the stored version is `expected_version`
-    /// (else `Conflict`). Ops and events of the workspace are kept as history.
+    /// (else `Conflict`) and `fence` is not older than the store's (else `Fenced`).
+    /// Ops and events of the workspace are kept as history.
     async fn delete_workspace(
         &self,
         id: &WorkspaceId,
         expected_version: u64,
         ops: &[Operation],
         event: &NewEvent,
+        fence: Fence,
     ) -> Result<Event, StoreError>;
 
     /// Inserts a new op. MUST return `Conflict` when the id exists.
@@ -150,10 +205,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Events with `seq > after`, oldest first, at most `limit`, optionally of one
     /// workspace. MUST return events in strictly increasing `seq` with no gaps among
     /// the events that match.
-    async fn events(
+    async fn events<'a>(
         &self,
         after: u64,
-        workspace_id: Option<&WorkspaceId>,
+        workspace_id: Option<&'a WorkspaceId>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
 

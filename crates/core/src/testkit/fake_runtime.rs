@@ -12,11 +12,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::ids::{EngineId, Incarnation, RuntimeKind, WorkspaceId};
-use crate::model::Timestamp;
+use crate::model::{Timestamp, WorkspaceSpec};
 use crate::ports::{
     CaptureTarget, Clock, ConflictReason, DirtyReport, LaunchRequest, OwnedResource,
     ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch,
-    SessionRef, WorkspaceRef,
+    SessionRef, SpecRefusal, WorkspaceRef,
 };
 
 use super::breakpoints::Breakpoints;
@@ -46,6 +46,8 @@ pub enum FakeCall {
     Capture,
     /// `dirty_check`
     DirtyCheck,
+    /// `inspect_session`
+    InspectSession,
 }
 
 impl FakeCall {
@@ -63,6 +65,7 @@ impl FakeCall {
             FakeCall::StopSession => "stop_session",
             FakeCall::Capture => "capture",
             FakeCall::DirtyCheck => "dirty_check",
+            FakeCall::InspectSession => "inspect_session",
         }
     }
 }
@@ -79,6 +82,8 @@ pub enum Plan {
     SucceedThenFail(RuntimeError),
     /// Do the work, then never return.
     SucceedThenHang,
+    /// Panic (a bug in a runtime adapter), doing nothing.
+    Panic,
 }
 
 /// A process the fake runs.
@@ -124,8 +129,6 @@ struct World {
     launches: Vec<LaunchRecord>,
     /// Every call in order: (call, workspace).
     journal: Vec<(FakeCall, WorkspaceId)>,
-    /// Highest number of live main resources ever seen for one workspace.
-    max_live_mains: usize,
     unavailable: bool,
 }
 
@@ -138,6 +141,7 @@ pub struct FakeRuntime {
     plans: parking_lot::Mutex<HashMap<FakeCall, VecDeque<Plan>>>,
     delays: parking_lot::Mutex<HashMap<FakeCall, Duration>>,
     breakpoints: Breakpoints,
+    refused_fields: parking_lot::Mutex<Vec<&'static str>>,
 }
 
 impl FakeRuntime {
@@ -160,6 +164,7 @@ impl FakeRuntime {
             plans: parking_lot::Mutex::default(),
             delays: parking_lot::Mutex::default(),
             breakpoints: Breakpoints::default(),
+            refused_fields: parking_lot::Mutex::default(),
         }
     }
 
@@ -183,6 +188,12 @@ impl FakeRuntime {
     /// a main resource was created and before `launch` returns.
     pub fn breakpoints(&self) -> &Breakpoints {
         &self.breakpoints
+    }
+
+    /// `check_spec` refuses a spec that sets `field` (`image`, `git`, `limits`, `dir`),
+    /// as a runtime that cannot honour it does.
+    pub fn refuse_field(&self, field: &'static str) {
+        self.refused_fields.lock().push(field);
     }
 
     /// Makes every call fail with `Unavailable` (daemon down) or work again.
@@ -215,6 +226,18 @@ impl FakeRuntime {
         for p in self.world.lock().procs.iter_mut() {
             if &p.workspace_id == ws
                 && p.kind == ResourceKind::Main
+                && p.status == ProcessStatus::Running
+            {
+                p.status = ProcessStatus::Exited(Some(code));
+            }
+        }
+    }
+
+    /// Marks the live session `name` of `ws` as exited with `code`.
+    pub fn exit_session(&self, ws: &WorkspaceId, name: &str, code: i64) {
+        for p in self.world.lock().procs.iter_mut() {
+            if &p.workspace_id == ws
+                && matches!(&p.kind, ResourceKind::Session { name: n, .. } if n.as_str() == name)
                 && p.status == ProcessStatus::Running
             {
                 p.status = ProcessStatus::Exited(Some(code));
@@ -282,11 +305,6 @@ impl FakeRuntime {
             .count()
     }
 
-    /// The highest number of main resources that ever existed at once for one workspace.
-    pub fn max_live_mains(&self) -> usize {
-        self.world.lock().max_live_mains
-    }
-
     /// Runs the scripted prelude of a call: journal, breakpoint, delay, unavailability,
     /// and the planned behaviour (returned for the caller to apply after the work).
     async fn enter(&self, call: FakeCall, ws: &WorkspaceId) -> Result<Option<Plan>, RuntimeError> {
@@ -310,6 +328,7 @@ impl FakeRuntime {
         match plan {
             Some(Plan::Fail(e)) => Err(e),
             Some(Plan::Hang) => std::future::pending().await,
+            Some(Plan::Panic) => panic!("planned panic in fake runtime call {}", call.name()),
             other => Ok(other),
         }
     }
@@ -355,6 +374,25 @@ fn owned(p: &FakeProcess) -> OwnedResource {
 impl ProcessRuntime for FakeRuntime {
     fn kind(&self) -> RuntimeKind {
         self.kind.clone()
+    }
+
+    fn check_spec(&self, spec: &WorkspaceSpec) -> Result<(), SpecRefusal> {
+        for field in self.refused_fields.lock().iter() {
+            let set = match *field {
+                "image" => spec.image.is_some(),
+                "git" => spec.git.is_some(),
+                "limits" => spec.limits.is_some(),
+                "dir" => spec.dir.is_some(),
+                _ => false,
+            };
+            if set {
+                return Err(SpecRefusal {
+                    field,
+                    message: format!("the {} runtime cannot honour {field}", self.kind),
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
@@ -412,14 +450,6 @@ impl ProcessRuntime for FakeRuntime {
                         output,
                         env: request.env.clone(),
                     });
-                    let live = world
-                        .procs
-                        .iter()
-                        .filter(|p| {
-                            p.workspace_id == r.workspace_id && p.kind == ResourceKind::Main
-                        })
-                        .count();
-                    world.max_live_mains = world.max_live_mains.max(live);
                     let at = self.clock.now();
                     world.launches.push(LaunchRecord {
                         workspace_id: r.workspace_id.clone(),
@@ -554,6 +584,12 @@ impl ProcessRuntime for FakeRuntime {
                 p.workspace_id == r.workspace_id
                     && matches!(&p.kind, ResourceKind::Session { name, .. } if *name == launch.name)
             };
+            // An exited session of another generation is replaced.
+            world.procs.retain(|p| {
+                !(same_name(p)
+                    && p.status != ProcessStatus::Running
+                    && !matches!(p.kind, ResourceKind::Session { generation, .. } if generation == launch.generation))
+            });
             match world.procs.iter().find(|p| same_name(p)) {
                 Some(p) if matches!(p.kind, ResourceKind::Session { generation, .. } if generation == launch.generation) =>
                     {}
@@ -583,6 +619,27 @@ impl ProcessRuntime for FakeRuntime {
             }
         }
         self.leave(plan, ()).await
+    }
+
+    async fn inspect_session(
+        &self,
+        session: &SessionRef,
+    ) -> Result<Option<OwnedResource>, RuntimeError> {
+        let plan = self
+            .enter(FakeCall::InspectSession, &session.workspace_id)
+            .await?;
+        let found = self
+            .world
+            .lock()
+            .procs
+            .iter()
+            .find(|p| {
+                p.workspace_id == session.workspace_id
+                    && p.engine_id == session.engine_id
+                    && matches!(&p.kind, ResourceKind::Session { name, .. } if *name == session.name)
+            })
+            .map(owned);
+        self.leave(plan, found).await
     }
 
     async fn stop_session(

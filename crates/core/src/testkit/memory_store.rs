@@ -9,7 +9,7 @@ use crate::ids::{
     EngineId, Generation, Incarnation, OpId, SessionName, TokenHash, WorkspaceId, WorkspaceName,
 };
 use crate::model::{Event, NewEvent, OpStatus, Operation, Session, SessionState, Workspace};
-use crate::ports::{Commit, NewSession, Store, StoreError, WorkspacePage};
+use crate::ports::{Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery};
 use crate::state::State;
 
 #[derive(Debug, Default)]
@@ -27,6 +27,9 @@ struct Mem {
     next_generation: u64,
     tokens: HashMap<[u8; 32], (WorkspaceId, Incarnation)>,
     idempotency: HashMap<String, (String, String)>,
+    /// The lowest fence epoch a write of the workspace may carry (a shared store's
+    /// lease, for fencing tests).
+    fences: HashMap<WorkspaceId, u64>,
     closed: bool,
 }
 
@@ -75,6 +78,12 @@ impl MemoryStore {
         }
     }
 
+    /// Writes of `ws` with a fence epoch below `epoch` are refused with `Fenced` from now
+    /// on, as a store shared by several engines does once another one took the lease.
+    pub fn fence_at(&self, ws: &WorkspaceId, epoch: u64) {
+        self.mem.lock().fences.insert(ws.clone(), epoch);
+    }
+
     /// Opens the store again after `close` (a daemon restart on the same data dir).
     pub fn reopen(&self) {
         self.mem.lock().closed = false;
@@ -121,6 +130,16 @@ fn open(mem: &Mem) -> Result<(), StoreError> {
         Err(StoreError::Closed)
     } else {
         Ok(())
+    }
+}
+
+fn fenced(mem: &Mem, id: &WorkspaceId, fence: Fence) -> Result<(), StoreError> {
+    match mem.fences.get(id) {
+        Some(min) if fence.epoch < *min => Err(StoreError::Fenced {
+            what: format!("workspace {id}"),
+            epoch: fence.epoch,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -195,14 +214,10 @@ impl Store for MemoryStore {
         Ok(mem.workspaces.values().find(|w| &w.name == name).cloned())
     }
 
-    async fn list_workspaces(
-        &self,
-        after: Option<&WorkspaceId>,
-        limit: usize,
-    ) -> Result<WorkspacePage, StoreError> {
+    async fn list_workspaces(&self, query: &WorkspaceQuery) -> Result<WorkspacePage, StoreError> {
         let mem = self.mem.lock();
         open(&mem)?;
-        let from = match after {
+        let from = match &query.after {
             Some(id) => match mem.created_seq.get(id) {
                 Some(seq) => seq + 1,
                 None => {
@@ -216,13 +231,19 @@ impl Store for MemoryStore {
         let mut items = Vec::new();
         let mut more = false;
         for (_, id) in mem.order.range(from..) {
-            if let Some(ws) = mem.workspaces.get(id) {
-                if items.len() == limit {
-                    more = true;
-                    break;
-                }
-                items.push(ws.clone());
+            let Some(ws) = mem.workspaces.get(id) else {
+                continue;
+            };
+            if query.state.is_some_and(|s| s != ws.state)
+                || query.runtime.as_ref().is_some_and(|r| r != &ws.runtime)
+            {
+                continue;
             }
+            if items.len() == query.limit {
+                more = true;
+                break;
+            }
+            items.push(ws.clone());
         }
         let next = if more {
             items.last().map(|w| w.id.clone())
@@ -232,6 +253,16 @@ impl Store for MemoryStore {
         Ok(WorkspacePage { items, next })
     }
 
+    async fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        let mut counts: HashMap<State, u64> = HashMap::new();
+        for ws in mem.workspaces.values() {
+            *counts.entry(ws.state).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     async fn commit(&self, commit: &Commit) -> Result<Option<Event>, StoreError> {
         if let Some(e) = self.planned(Call::Commit(Some(commit.workspace.state))) {
             return Err(e);
@@ -239,6 +270,7 @@ impl Store for MemoryStore {
         let mut mem = self.mem.lock();
         open(&mem)?;
         let id = &commit.workspace.id;
+        fenced(&mem, id, commit.fence)?;
         match mem.workspaces.get(id) {
             None => {
                 return Err(StoreError::NotFound {
@@ -270,9 +302,11 @@ impl Store for MemoryStore {
         expected_version: u64,
         ops: &[Operation],
         event: &NewEvent,
+        fence: Fence,
     ) -> Result<Event, StoreError> {
         let mut mem = self.mem.lock();
         open(&mem)?;
+        fenced(&mem, id, fence)?;
         match mem.workspaces.get(id) {
             None => {
                 return Err(StoreError::NotFound {
@@ -361,10 +395,10 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn events(
+    async fn events<'a>(
         &self,
         after: u64,
-        workspace_id: Option<&WorkspaceId>,
+        workspace_id: Option<&'a WorkspaceId>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         let mem = self.mem.lock();

@@ -15,7 +15,7 @@ use crate::merge::OpKind;
 use crate::model::{
     Actor, Cause, NewEvent, OpStatus, Operation, Timestamp, Workspace, WorkspaceSpec,
 };
-use crate::ports::{Commit, NewSession, Store, StoreError};
+use crate::ports::{Commit, Fence, NewSession, Store, StoreError, WorkspaceQuery};
 use crate::state::State;
 
 fn t(secs: i64) -> Timestamp {
@@ -189,6 +189,7 @@ async fn a_read_after_a_commit_sees_it(s: Arc<dyn Store>) {
             event: None,
             token: None,
             ops: Vec::new(),
+            fence: Fence::default(),
         })
         .await
         .expect("commit");
@@ -207,6 +208,7 @@ async fn a_read_after_a_commit_sees_it(s: Arc<dyn Store>) {
             event: None,
             token: None,
             ops: Vec::new(),
+            fence: Fence::default(),
         })
         .await;
     assert!(
@@ -236,6 +238,7 @@ async fn commits_are_versioned_and_atomic(s: Arc<dyn Store>) {
         )),
         token: None,
         ops: vec![running_op.clone()],
+        fence: Fence::default(),
     };
     let stored = s
         .commit(&commit)
@@ -261,6 +264,7 @@ async fn commits_are_versioned_and_atomic(s: Arc<dyn Store>) {
         )),
         token: None,
         ops: vec![],
+        fence: Fence::default(),
     };
     match s.commit(&stale).await {
         Err(StoreError::Conflict { .. }) => {}
@@ -284,6 +288,7 @@ async fn commits_are_versioned_and_atomic(s: Arc<dyn Store>) {
             event: None,
             token: None,
             ops: vec![],
+            fence: Fence::default(),
         })
         .await
     {
@@ -309,6 +314,7 @@ async fn tokens_map_to_their_incarnation(s: Arc<dyn Store>) {
             event: None,
             token: Some(token.hash()),
             ops: vec![],
+            fence: Fence::default(),
         })
         .await
         .expect("commit");
@@ -341,21 +347,114 @@ async fn listing_pages_cover_everything_once(s: Arc<dyn Store>) {
             .expect("create");
         ids.push(w.id);
     }
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let page = s.list_workspaces(after.as_ref(), 2).await.expect("list");
-        assert!(page.items.len() <= 2, "a page MUST respect the limit");
-        seen.extend(page.items.iter().map(|w| w.id.clone()));
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
+    let page_through = |query: WorkspaceQuery| {
+        let s = s.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut query = query;
+            loop {
+                let page = s.list_workspaces(&query).await.expect("list");
+                assert!(
+                    page.items.len() <= query.limit,
+                    "a page MUST respect the limit"
+                );
+                seen.extend(page.items.iter().map(|w| (w.id.clone(), w.state)));
+                match page.next {
+                    Some(n) => query.after = Some(n),
+                    None => break,
+                }
+            }
+            seen
         }
-    }
+    };
+    let all = page_through(WorkspaceQuery {
+        limit: 2,
+        ..WorkspaceQuery::default()
+    })
+    .await;
     assert_eq!(
-        seen, ids,
+        all.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        ids,
         "pages MUST list every workspace once, in creation order"
     );
+    // Two of five move to `running`: a filtered listing returns exactly them, in full
+    // pages, whatever the filter excludes in between.
+    for id in [&ids[1], &ids[4]] {
+        let mut w = s.workspace(id).await.expect("get").expect("exists");
+        let before = w.version;
+        w.state = State::Running;
+        w.version += 1;
+        s.commit(&Commit {
+            workspace: w.clone(),
+            expected_version: before,
+            event: None,
+            token: None,
+            ops: vec![],
+            fence: Fence::default(),
+        })
+        .await
+        .expect("commit");
+    }
+    let running = page_through(WorkspaceQuery {
+        limit: 1,
+        state: Some(State::Running),
+        ..WorkspaceQuery::default()
+    })
+    .await;
+    assert_eq!(
+        running,
+        vec![
+            (ids[1].clone(), State::Running),
+            (ids[4].clone(), State::Running)
+        ],
+        "a state filter MUST be applied by the store, across pages"
+    );
+    let first = s
+        .list_workspaces(&WorkspaceQuery {
+            limit: 1,
+            state: Some(State::Stopped),
+            ..WorkspaceQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        first.items.len(),
+        1,
+        "a filtered page MUST be full when more match"
+    );
+    assert!(first.next.is_some());
+    let other = RuntimeKind::parse("other").expect("valid runtime");
+    let none = s
+        .list_workspaces(&WorkspaceQuery {
+            limit: 10,
+            runtime: Some(other),
+            ..WorkspaceQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(
+        none.items.is_empty() && none.next.is_none(),
+        "a runtime filter MUST apply"
+    );
+    let mut counts = s.count_by_state().await.expect("counts");
+    counts.retain(|(_, n)| *n > 0);
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![(State::Stopped, 3), (State::Running, 2)],
+        "counts by state MUST match the rows"
+    );
+    match s
+        .list_workspaces(&WorkspaceQuery {
+            after: Some(WorkspaceId::generate()),
+            limit: 10,
+            ..WorkspaceQuery::default()
+        })
+        .await
+    {
+        Err(StoreError::NotFound { .. }) => {}
+        other => panic!("an unknown cursor MUST be NotFound, got {other:?}"),
+    }
 }
 
 async fn ops_are_an_intent_log(s: Arc<dyn Store>) {
@@ -431,6 +530,7 @@ async fn events_follow_a_cursor(s: Arc<dyn Store>) {
             )),
             token: None,
             ops: vec![],
+            fence: Fence::default(),
         })
         .await
         .expect("commit");
@@ -539,6 +639,7 @@ async fn delete_removes_rows_and_keeps_history(s: Arc<dyn Store>) {
         event: None,
         token: Some(token.hash()),
         ops: vec![],
+        fence: Fence::default(),
     })
     .await
     .expect("commit");
@@ -557,7 +658,13 @@ async fn delete_removes_rows_and_keeps_history(s: Arc<dyn Store>) {
     del.status = OpStatus::Succeeded;
     let gone = event(&a, Some(State::Deleting), None, Cause::Deleted);
     match s
-        .delete_workspace(&a.id, 1, std::slice::from_ref(&del), &gone)
+        .delete_workspace(
+            &a.id,
+            1,
+            std::slice::from_ref(&del),
+            &gone,
+            Fence::default(),
+        )
         .await
     {
         Err(StoreError::Conflict { .. }) => {}
@@ -568,7 +675,13 @@ async fn delete_removes_rows_and_keeps_history(s: Arc<dyn Store>) {
         "a stale delete MUST keep the row"
     );
     let stored = s
-        .delete_workspace(&a.id, 2, std::slice::from_ref(&del), &gone)
+        .delete_workspace(
+            &a.id,
+            2,
+            std::slice::from_ref(&del),
+            &gone,
+            Fence::default(),
+        )
         .await
         .expect("delete");
     assert_eq!(stored.event, gone);
@@ -601,7 +714,10 @@ async fn delete_removes_rows_and_keeps_history(s: Arc<dyn Store>) {
     )
     .await
     .expect("the name MUST be free after delete");
-    match s.delete_workspace(&a.id, 2, &[], &gone).await {
+    match s
+        .delete_workspace(&a.id, 2, &[], &gone, Fence::default())
+        .await
+    {
         Err(StoreError::NotFound { .. }) => {}
         other => panic!("deleting a gone workspace MUST be NotFound, got {other:?}"),
     }

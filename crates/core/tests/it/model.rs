@@ -206,10 +206,6 @@ fn inject(rig: &Rig, fault: Fault, ids: &[berth_core::ids::WorkspaceId]) {
 
 /// Holds after every batch.
 fn check_always(rig: &Rig) {
-    assert!(
-        rig.rt.max_live_mains() <= 1,
-        "two runtime resources existed for one workspace"
-    );
     let workspaces = rig.store.all_workspaces();
     for p in rig.rt.processes() {
         if let Some(ws) = workspaces.iter().find(|w| w.id == p.workspace_id) {

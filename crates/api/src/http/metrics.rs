@@ -126,7 +126,7 @@ impl Metrics {
             out,
             "# HELP berth_workspaces Workspaces by state.\n# TYPE berth_workspaces gauge"
         );
-        match count_by_state(engine).await {
+        match engine.counts_by_state().await {
             Ok(by_state) => {
                 for (state, n) in by_state {
                     let _ = writeln!(out, "berth_workspaces{{state=\"{state}\"}} {n}");
@@ -144,7 +144,7 @@ impl Metrics {
             "# HELP berth_reconcile_listing_failures_total Runtime listings that failed during reconcile.\n# TYPE berth_reconcile_listing_failures_total counter\nberth_reconcile_listing_failures_total {}",
             self.reconcile_listing_failures.load(Ordering::Relaxed)
         );
-        let stats = engine.reporter().stats();
+        let stats = engine.reporter_stats();
         let _ = writeln!(
             out,
             "# HELP berth_reporter_queue_depth Reports waiting for delivery.\n# TYPE berth_reporter_queue_depth gauge\nberth_reporter_queue_depth {}",
@@ -168,26 +168,6 @@ impl Metrics {
             );
         }
         out
-    }
-}
-
-async fn count_by_state(engine: &Engine) -> Result<BTreeMap<&'static str, u64>, String> {
-    let mut by_state: BTreeMap<&'static str, u64> =
-        State::ALL.into_iter().map(|s| (s.as_str(), 0)).collect();
-    let mut after = None;
-    loop {
-        let page = engine
-            .store()
-            .list_workspaces(after.as_ref(), 1000)
-            .await
-            .map_err(|e| e.to_string())?;
-        for ws in &page.items {
-            *by_state.entry(ws.state.as_str()).or_default() += 1;
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(by_state),
-        }
     }
 }
 

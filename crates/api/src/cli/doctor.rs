@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::client::Target;
+use super::Target;
 use crate::serve::{default_data_dir, token_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

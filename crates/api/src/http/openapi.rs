@@ -7,19 +7,20 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{dto, error, routes};
+use super::{dto, error, events, health, operations, sessions, workspaces};
 
 /// The API's document.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "berth", description = "Workspace lifecycle engine: HTTP API v1"),
     paths(
-        routes::healthz, routes::readyz, routes::metrics, routes::openapi,
-        routes::create_workspace, routes::list_workspaces, routes::get_workspace,
-        routes::delete_workspace, routes::start, routes::stop, routes::restart, routes::wait,
-        routes::get_operation, routes::list_operations, routes::events,
-        routes::launch_session, routes::list_sessions, routes::stop_session,
-        routes::session_output, routes::main_output, routes::whoami,
+        health::healthz, health::readyz, health::metrics, health::openapi,
+        workspaces::create_workspace, workspaces::list_workspaces, workspaces::get_workspace,
+        workspaces::delete_workspace, workspaces::start, workspaces::stop, workspaces::restart,
+        workspaces::wait, operations::get_operation, operations::list_operations,
+        events::events, sessions::launch_session, sessions::list_sessions,
+        sessions::stop_session, sessions::session_output, workspaces::main_output,
+        workspaces::whoami,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, dto::WorkspaceView, dto::OperationView,

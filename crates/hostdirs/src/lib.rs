@@ -1,7 +1,10 @@
-//! Workspace directories: a directory the user brings (never created or deleted by
-//! berth), a git worktree the runtime creates under the data directory (removed on
-//! delete), or a scratch directory under the data directory. The dirty check is
-//! `git status --porcelain` on the directory.
+//! Workspace directories on the host, shared by the runtimes whose workspace directory
+//! lives on this machine (tmux; Docker's bind mounts and volumes): a directory the user
+//! brings (never created or deleted by berth), a git worktree the runtime creates under
+//! the data directory (removed on delete), or a scratch directory under the data
+//! directory. The dirty check is `git status --porcelain` on the directory.
+//!
+//! Its own crate so that adapters never depend on each other.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,7 +16,7 @@ use tokio::process::Command;
 
 /// Where a workspace's directory is and who owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum WorkDir {
+pub enum WorkDir {
     /// The user's directory: used as is, never removed.
     User(PathBuf),
     /// A worktree of `repo` the runtime creates and removes.
@@ -27,7 +30,7 @@ pub(crate) enum WorkDir {
 }
 
 impl WorkDir {
-    pub(crate) fn of(data_dir: &Path, workspace: &str, spec: &WorkspaceSpec) -> Self {
+    pub fn of(data_dir: &Path, workspace: &str, spec: &WorkspaceSpec) -> Self {
         if let Some(dir) = &spec.dir {
             WorkDir::User(PathBuf::from(dir))
         } else if let Some(git) = &spec.git {
@@ -41,7 +44,7 @@ impl WorkDir {
         }
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         match self {
             WorkDir::User(p) | WorkDir::Scratch(p) => p,
             WorkDir::Worktree { path, .. } => path,
@@ -84,7 +87,7 @@ async fn git(
 }
 
 /// Creates the directory when berth owns it; checks it exists when the user does.
-pub(crate) async fn prepare(dir: &WorkDir, timeout: Duration) -> Result<(), RuntimeError> {
+pub async fn prepare(dir: &WorkDir, timeout: Duration) -> Result<(), RuntimeError> {
     match dir {
         WorkDir::User(path) => {
             if tokio::fs::metadata(path)
@@ -143,7 +146,7 @@ pub(crate) async fn prepare(dir: &WorkDir, timeout: Duration) -> Result<(), Runt
 }
 
 /// Removes what berth created; never a user's directory.
-pub(crate) async fn cleanup(dir: &WorkDir, timeout: Duration) -> Result<(), RuntimeError> {
+pub async fn cleanup(dir: &WorkDir, timeout: Duration) -> Result<(), RuntimeError> {
     match dir {
         WorkDir::User(_) => Ok(()),
         WorkDir::Scratch(path) => remove_tree(path).await,
@@ -185,7 +188,7 @@ async fn remove_tree(path: &Path) -> Result<(), RuntimeError> {
 
 /// Uncommitted or untracked files of the directory; clean when it is not a git work
 /// tree; an error when it cannot be checked (missing, unreadable).
-pub(crate) async fn dirty(dir: &WorkDir, timeout: Duration) -> Result<DirtyReport, RuntimeError> {
+pub async fn dirty(dir: &WorkDir, timeout: Duration) -> Result<DirtyReport, RuntimeError> {
     let path = dir.path();
     match tokio::fs::metadata(path).await {
         Ok(m) if m.is_dir() => {}

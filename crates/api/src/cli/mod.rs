@@ -5,6 +5,8 @@
 
 #![allow(clippy::print_stdout)]
 
+pub mod doctor;
+
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;

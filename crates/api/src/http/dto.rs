@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use berth_core::engine::PendingView;
+use berth_core::engine::{PendingView, Snapshot};
 use berth_core::model::{Event, Operation, Session, Workspace};
+
+use super::error::ErrorDetail;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -97,9 +99,15 @@ pub struct WorkspaceView {
     pub pending: PendingOps,
 }
 
+impl From<&Snapshot> for WorkspaceView {
+    fn from(s: &Snapshot) -> Self {
+        Self::new(&s.workspace, &s.pending)
+    }
+}
+
 impl WorkspaceView {
     /// The view of a record with its pending ops.
-    pub fn new(ws: &Workspace, pending: PendingView) -> Self {
+    pub fn new(ws: &Workspace, pending: &PendingView) -> Self {
         let spec = &ws.spec;
         Self {
             id: ws.id.to_string(),
@@ -202,7 +210,7 @@ impl From<&Operation> for OperationView {
             joined: op.joined,
             result_state: op.result_state.map(|s| s.as_str().to_owned()),
             error: op.error.as_ref().map(|e| OpErrorView {
-                code: e.code.clone(),
+                code: e.code.as_str().to_owned(),
                 message: e.message.clone(),
                 details: e.details.clone(),
             }),
@@ -319,9 +327,13 @@ pub struct CreateResponse {
     pub operation: Option<OperationView>,
 }
 
-/// A workspace with the op a request ran.
+/// A workspace with the op a request ran. When the op ended failed, superseded or
+/// cancelled, the response has the status of its error's code and `error` too.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct OpResponse {
+    /// The error, when the op ended badly (the same as `operation.error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
     /// The workspace (absent once deleted).
     pub workspace: Option<WorkspaceView>,
     /// The op.
@@ -362,7 +374,7 @@ pub struct WaitResponse {
     pub reached: bool,
     /// The state it settled in (`deleted` once gone).
     pub settled_state: String,
-    /// The cause of the last event.
+    /// The failure reason when it settled `failed`.
     pub cause: Option<String>,
     /// The op waited for, or the last op.
     pub operation: Option<OperationView>,

@@ -1,6 +1,6 @@
-//! The API's error type and the one table that maps every error code to its HTTP
-//! status (`../shared/design/api.md`, "Errors"). Handlers return `ApiError`; engine
-//! errors convert through `EngineError::code()` and this table, nowhere else.
+//! The API's error type. Every error response is `{error: {code, message, details}}`,
+//! and its status comes from the code through [`ErrorCode::http_status`], the one
+//! code-to-status table (in `berth-core`); no handler picks a status for an error.
 
 use std::collections::BTreeMap;
 
@@ -9,37 +9,17 @@ use axum::extract::FromRequest;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use berth_core::ErrorCode;
 use berth_core::engine::EngineError;
+use berth_core::model::OpError;
 use berth_core::ports::RuntimeError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
-/// The HTTP status of a stable error code: the single mapping table.
-pub fn status_of(code: &str) -> StatusCode {
-    match code {
-        "invalid_request" => StatusCode::BAD_REQUEST,
-        "unauthorized" => StatusCode::UNAUTHORIZED,
-        "forbidden" => StatusCode::FORBIDDEN,
-        "not_found" => StatusCode::NOT_FOUND,
-        "wait_timeout" => StatusCode::REQUEST_TIMEOUT,
-        "invalid_transition"
-        | "name_taken"
-        | "workspace_dirty"
-        | "dirty_check_failed"
-        | "workspace_deleting"
-        | "workspace_stopping"
-        | "idempotency_conflict"
-        | "superseded" => StatusCode::CONFLICT,
-        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "validation_failed" => StatusCode::UNPROCESSABLE_ENTITY,
-        "runtime_error" => StatusCode::BAD_GATEWAY,
-        "shutting_down" | "runtime_unavailable" | "request_timeout" | "not_ready" => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        "runtime_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+/// The HTTP status of a code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// The body of every error response.
@@ -52,13 +32,25 @@ pub struct ErrorBody {
 /// `{code, message, details}`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// A stable code (see the table in api.md).
-    pub code: String,
+    /// A stable code (the table in `docs/api.md`).
+    #[schema(schema_with = code_schema)]
+    pub code: ErrorCode,
     /// A sentence naming the thing.
     pub message: String,
     /// Structured details (the field, the files, the current state).
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+}
+
+/// The schema of `code`: a string, one of every code.
+fn code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+        .description(Some(
+            "A stable error code; its HTTP status is fixed (docs/api.md).",
+        ))
+        .build()
 }
 
 /// An error answer.
@@ -70,10 +62,10 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with a code and message and no details.
-    pub fn new(code: &str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             detail: ErrorDetail {
-                code: code.to_owned(),
+                code,
                 message: message.into(),
                 details: serde_json::Value::Object(Default::default()),
             },
@@ -89,23 +81,46 @@ impl ApiError {
 
     /// 400 `invalid_request`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new("invalid_request", message)
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
     }
 
     /// 422 `validation_failed` naming the field.
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
-        Self::new("validation_failed", message).with_details(serde_json::json!({ "field": field }))
+        Self::new(ErrorCode::ValidationFailed, message)
+            .with_details(serde_json::json!({ "field": field }))
     }
 
     /// 500 `internal`; the cause is logged, never sent.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new("internal", "internal error; the daemon's log has the cause")
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; the daemon's log has the cause",
+        )
+    }
+
+    /// The error an op recorded.
+    pub fn from_op(e: &OpError) -> Self {
+        Self::new(e.code, e.message.clone()).with_details(details_of(&e.details))
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        status_of(&self.detail.code)
+        status_of(self.detail.code)
+    }
+
+    /// The response headers the code asks for (`Retry-After`).
+    pub(crate) fn headers(&self, response: &mut Response) {
+        if let Some(seconds) = self.detail.code.retry_after_secs()
+            && let Ok(v) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
     }
 }
 
@@ -113,14 +128,20 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let code = e.code();
         match &e {
-            EngineError::Store(_) | EngineError::Internal(_) => ApiError::internal(&e),
+            EngineError::Store(_) | EngineError::Internal(_) if code == ErrorCode::Internal => {
+                ApiError::internal(&e)
+            }
             EngineError::Validation { field, message } => {
                 ApiError::validation(field, format!("{field}: {message}"))
             }
             EngineError::InvalidTransition { from, .. } => ApiError::new(code, e.to_string())
                 .with_details(serde_json::json!({ "state": from.as_str() })),
+            EngineError::WaitTimeout { state, .. } => ApiError::new(code, e.to_string())
+                .with_details(serde_json::json!({ "state": state.as_str() })),
             EngineError::RuntimeUnavailable { runtime, .. } => ApiError::new(code, e.to_string())
                 .with_details(serde_json::json!({ "runtime": runtime })),
+            EngineError::SessionExists { session, .. } => ApiError::new(code, e.to_string())
+                .with_details(serde_json::json!({ "session": session })),
             EngineError::Runtime(r) => {
                 ApiError::new(code, e.to_string()).with_details(runtime_details(r))
             }
@@ -142,17 +163,9 @@ fn runtime_details(e: &RuntimeError) -> serde_json::Value {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let retry = match self.detail.code.as_str() {
-            "shutting_down" | "runtime_unavailable" => Some("5"),
-            "not_ready" => Some("1"),
-            _ => None,
-        };
+        let this = self.clone();
         let mut response = (status, Json(ErrorBody { error: self.detail })).into_response();
-        if let Some(seconds) = retry {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
-        }
+        this.headers(&mut response);
         response
     }
 }
@@ -180,7 +193,7 @@ where
 
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new("payload_too_large", "the request body is over 1 MiB");
+        return ApiError::new(ErrorCode::PayloadTooLarge, "the request body is over 1 MiB");
     }
     let text = rejection.body_text();
     if let Some(field) = text
@@ -219,12 +232,12 @@ fn query_rejection(rejection: &QueryRejection) -> ApiError {
     ApiError::invalid(rejection.body_text())
 }
 
-/// Details naming files (the dirty check's list).
-pub fn files_details(details: &BTreeMap<String, Vec<String>>) -> serde_json::Value {
+/// An op's details (the dirty check's files, the resources) as JSON.
+pub fn details_of(details: &BTreeMap<String, Vec<String>>) -> serde_json::Value {
     serde_json::to_value(details).unwrap_or_default()
 }
 
 /// The 404 for routes that do not exist.
 pub async fn no_route() -> ApiError {
-    ApiError::new("not_found", "no such route")
+    ApiError::not_found("no such route")
 }

@@ -1,0 +1,86 @@
+//! Authentication: the admin token (compared in constant time as SHA-256 digests), or a
+//! workspace token of the workspace's current incarnation, which may read only its own
+//! workspace.
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use berth_core::ErrorCode;
+use berth_core::ids::WorkspaceToken;
+use berth_core::model::Workspace;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::state::{AppState, Principal};
+
+pub(crate) fn bearer(req: &Request) -> Option<&str> {
+    let value = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether `token` is the admin token: compared as SHA-256 digests, so equal lengths,
+/// so not even the length leaks.
+pub(crate) fn is_admin(token: &str, admin: &str) -> bool {
+    let presented = Sha256::digest(token.as_bytes());
+    let expected = Sha256::digest(admin.as_bytes());
+    bool::from(presented.as_slice().ct_eq(expected.as_slice()))
+}
+
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = bearer(&req).map(str::to_owned) else {
+        return ApiError::new(ErrorCode::Unauthorized, "a bearer token is required")
+            .into_response();
+    };
+    if is_admin(&token, &state.admin_token) {
+        req.extensions_mut().insert(Principal::Admin);
+        return next.run(req).await;
+    }
+    let ws = match state
+        .engine
+        .verify_token(&WorkspaceToken::from_presented(&token))
+        .await
+    {
+        Ok(Some(ws)) => ws,
+        Ok(None) => {
+            return ApiError::new(ErrorCode::Unauthorized, "the token is not valid")
+                .into_response();
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if !workspace_may(&ws, req.method(), req.uri().path()) {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!("a workspace token is valid for workspace {} only", ws.id),
+        )
+        .into_response();
+    }
+    req.extensions_mut()
+        .insert(Principal::Workspace(Box::new(ws)));
+    next.run(req).await
+}
+
+/// A workspace token may read itself: `/v1/self`, and GET on its own workspace's
+/// routes (by id or name). Everything else needs the admin token.
+fn workspace_may(ws: &Workspace, method: &axum::http::Method, path: &str) -> bool {
+    if path == "/v1/self" {
+        return true;
+    }
+    if method != axum::http::Method::GET {
+        return false;
+    }
+    let Some(rest) = path.strip_prefix("/v1/workspaces/") else {
+        return false;
+    };
+    let target = rest.split('/').next().unwrap_or("");
+    target == ws.id.as_str() || target == ws.name.as_str()
+}
