@@ -10,6 +10,8 @@ use tokio::sync::watch;
 struct Point {
     arrived: watch::Sender<u64>,
     released: watch::Sender<bool>,
+    /// Only the first arrival waits; later ones pass.
+    once: bool,
 }
 
 /// A held breakpoint.
@@ -45,9 +47,20 @@ pub struct Breakpoints {
 impl Breakpoints {
     /// Holds breakpoint `name`: tasks that hit it wait until it is released.
     pub fn hold(&self, name: &str) -> Breakpoint {
+        self.insert(name, false)
+    }
+
+    /// Holds breakpoint `name` for its first arrival only: later tasks pass through
+    /// (a read held mid-way while other reads of the same thing go on).
+    pub fn hold_once(&self, name: &str) -> Breakpoint {
+        self.insert(name, true)
+    }
+
+    fn insert(&self, name: &str, once: bool) -> Breakpoint {
         let point = Arc::new(Point {
             arrived: watch::channel(0).0,
             released: watch::channel(false).0,
+            once,
         });
         self.points.lock().insert(name.to_owned(), point.clone());
         Breakpoint { point }
@@ -57,7 +70,7 @@ impl Breakpoints {
     pub async fn hit(&self, name: &str) {
         let point = self.points.lock().get(name).cloned();
         let Some(point) = point else { return };
-        if *point.released.borrow() {
+        if *point.released.borrow() || (point.once && *point.arrived.borrow() > 0) {
             return;
         }
         point.arrived.send_modify(|n| *n += 1);

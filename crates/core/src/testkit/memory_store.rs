@@ -46,6 +46,7 @@ pub struct MemoryStore {
     planned: parking_lot::Mutex<HashMap<Call, VecDeque<StoreError>>>,
     /// Time each write takes to be acknowledged, after it landed.
     write_latency: parking_lot::Mutex<std::time::Duration>,
+    breakpoints: super::Breakpoints,
 }
 
 impl MemoryStore {
@@ -82,6 +83,12 @@ impl MemoryStore {
     /// on, as a store shared by several engines does once another one took the lease.
     pub fn fence_at(&self, ws: &WorkspaceId, epoch: u64) {
         self.mem.lock().fences.insert(ws.clone(), epoch);
+    }
+
+    /// Breakpoints: `store.workspace` is hit by `workspace(id)` after it read the row and
+    /// before it returns it (a read that fetched, then lost the CPU).
+    pub fn breakpoints(&self) -> &super::Breakpoints {
+        &self.breakpoints
     }
 
     /// Opens the store again after `close` (a daemon restart on the same data dir).
@@ -200,9 +207,13 @@ impl Store for MemoryStore {
     }
 
     async fn workspace(&self, id: &WorkspaceId) -> Result<Option<Workspace>, StoreError> {
-        let mem = self.mem.lock();
-        open(&mem)?;
-        Ok(mem.workspaces.get(id).cloned())
+        let row = {
+            let mem = self.mem.lock();
+            open(&mem)?;
+            mem.workspaces.get(id).cloned()
+        };
+        self.breakpoints.hit("store.workspace").await;
+        Ok(row)
     }
 
     async fn workspace_by_name(

@@ -244,3 +244,125 @@ async fn an_interrupted_stop_and_delete_are_finished_at_boot() {
     );
     rig.finish().await;
 }
+
+/// Defect 9: a runtime error during boot recovery left workspaces `starting` or
+/// `deleting` after the engine was ready. Errors are retried with backoff; what still
+/// cannot be finished ends `failed` with the reason, never transitional.
+#[tokio::test(start_paused = true)]
+async fn boot_recovery_retries_and_leaves_nothing_transitional_when_the_runtime_is_down() {
+    let mut cfg = config();
+    cfg.drain_deadline = Duration::from_secs(1);
+    let rig = Rig::with(cfg).await;
+    let stopping = rig.running("stopping").await;
+    let deleting = rig.running("deleting").await;
+    rig.rt.plan(FakeCall::Stop, Plan::Hang);
+    rig.rt.plan(FakeCall::Stop, Plan::Hang);
+    let _a = rig.engine.stop(&stopping.id, Actor::Api).await.unwrap();
+    let _b = rig
+        .engine
+        .delete(&deleting.id, true, Actor::Api)
+        .await
+        .unwrap();
+    berth_core::testkit::wait_until("both stops to hang", Duration::from_secs(1), || async {
+        rig.rt.calls(FakeCall::Stop) == 2
+    })
+    .await;
+    rig.engine.shutdown().await;
+    // The runtime is down for the whole recovery.
+    rig.rt.set_unavailable(true);
+    let stops_before = rig.rt.calls(FakeCall::Stop);
+    let rig = rig.restart_engine().await;
+    let report = rig.engine.recovery_report().unwrap();
+    assert_eq!(
+        (report.failed, report.still_transitional),
+        (2, 0),
+        "{report:?}"
+    );
+    assert!(
+        rig.rt.calls(FakeCall::Stop) - stops_before >= 2 * 2,
+        "each stop was retried"
+    );
+    for ws in rig.store.all_workspaces() {
+        assert_eq!(ws.state, State::Failed, "{ws:?}");
+    }
+    let reasons: Vec<_> = [&stopping, &deleting]
+        .iter()
+        .map(|w| {
+            rig.store
+                .all_workspaces()
+                .into_iter()
+                .find(|s| s.id == w.id)
+                .and_then(|s| s.last_error)
+                .map(|e| e.code)
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            Some(berth_core::state::FailureReason::StopFailed),
+            Some(berth_core::state::FailureReason::DeleteFailed)
+        ]
+    );
+    // Once the runtime is back, both can be dealt with.
+    rig.rt.set_unavailable(false);
+    assert_eq!(
+        rig.remove(&deleting.id, false).await.status,
+        OpStatus::Succeeded
+    );
+    assert_eq!(
+        rig.op(OpKind::Stop, &stopping.id).await.status,
+        OpStatus::Succeeded
+    );
+    rig.finish().await;
+}
+
+/// Defect 9: a transient inspect error at boot is retried; the live resource of a
+/// workspace left `starting` is adopted instead of failed.
+#[tokio::test(start_paused = true)]
+async fn boot_recovery_retries_a_failed_inspect_and_adopts_the_live_resource() {
+    let clock = Arc::new(TestClock::new());
+    let store = Arc::new(MemoryStore::new());
+    let rt = Arc::new(FakeRuntime::new(clock.clone()));
+    let id = crash_at(store.clone(), rt.clone(), "launch.created".into());
+    rt.breakpoints().hold("launch.created").release();
+    for _ in 0..2 {
+        rt.plan(
+            FakeCall::Inspect,
+            Plan::Fail(RuntimeError::Unavailable {
+                message: "daemon restarting".into(),
+            }),
+        );
+    }
+    let rig = Rig::on(store, rt, clock, config()).await;
+    let report = rig.engine.recovery_report().unwrap();
+    assert_eq!(
+        (report.adopted, report.still_transitional),
+        (1, 0),
+        "{report:?}"
+    );
+    assert_eq!(rig.state_of(&id).await, State::Running);
+    assert_eq!(rig.rt.calls(FakeCall::Inspect), 3);
+    rig.finish().await;
+}
+
+/// Defect 9: when the runtime cannot say whether a `starting` workspace runs at boot,
+/// it ends `failed{interrupted}` with the reason (not `starting`).
+#[tokio::test(start_paused = true)]
+async fn boot_recovery_fails_a_start_it_cannot_inspect_with_the_reason() {
+    let clock = Arc::new(TestClock::new());
+    let store = Arc::new(MemoryStore::new());
+    let rt = Arc::new(FakeRuntime::new(clock.clone()));
+    let id = crash_at(store.clone(), rt.clone(), "launch".into());
+    rt.breakpoints().hold("launch").release();
+    rt.set_unavailable(true);
+    let rig = Rig::on(store, rt, clock, config()).await;
+    let ws = rig.engine.workspace(&id).await.unwrap();
+    assert_eq!(ws.state, State::Failed);
+    let error = ws.last_error.unwrap();
+    assert_eq!(error.code, berth_core::state::FailureReason::Interrupted);
+    assert!(
+        error.message.contains("could not be inspected"),
+        "{error:?}"
+    );
+    rig.finish().await;
+}

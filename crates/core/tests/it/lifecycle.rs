@@ -593,3 +593,74 @@ async fn a_request_whose_caller_went_away_still_runs_to_completion() {
     assert!(rig.store.all_ops().iter().all(|o| o.status.is_terminal()));
     rig.finish().await;
 }
+
+/// Defect 6: a restart replaced a queued start, so the start's callers got
+/// `superseded` (and the CLI exited 1) although the workspace ended running. A restart
+/// absorbs a queued start: its callers share the restart and get its result.
+#[tokio::test(start_paused = true)]
+async fn a_restart_absorbs_a_queued_start_and_its_callers_get_the_restart() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    let held = rig.rt.breakpoints().hold("stop");
+    let stop = rig.engine.stop(&ws.id, Actor::Api).await.unwrap();
+    held.reached(1).await;
+    let start = rig.engine.start(&ws.id, Actor::Cli).await.unwrap();
+    let restart = rig.engine.restart(&ws.id, Actor::Api).await.unwrap();
+    assert_eq!(
+        start.op_id(),
+        restart.op_id(),
+        "the restart joins the queued op"
+    );
+    let queued = rig.engine.pending(&ws.id).queued.unwrap();
+    assert_eq!((queued.kind, queued.joined), (OpKind::Restart, 1));
+    held.release();
+    stop.wait().await.unwrap();
+    let (a, b) = (start.wait().await.unwrap(), restart.wait().await.unwrap());
+    assert_eq!(a, b);
+    assert_eq!((a.status, a.kind), (OpStatus::Succeeded, OpKind::Restart));
+    assert_eq!(rig.state(&ws).await, State::Running);
+    assert_eq!(
+        rig.store
+            .all_ops()
+            .iter()
+            .find(|o| o.id == a.id)
+            .map(|o| o.kind),
+        Some(OpKind::Restart),
+        "the stored op says what ran"
+    );
+    rig.finish().await;
+}
+
+/// Defect 7: a panic in an op driver left the op in flight forever, and every later
+/// request of the workspace waited. The op now fails with `internal`, the gate is
+/// freed, and the engine keeps serving.
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_an_op_fails_that_op_and_the_workspace_keeps_working() {
+    let rig = Rig::new().await;
+    let ws = rig.create("a").await;
+    rig.rt.plan(FakeCall::Launch, Plan::Panic);
+    let held = rig.rt.breakpoints().hold("prepare");
+    let first = rig.engine.start(&ws.id, Actor::Api).await.unwrap();
+    held.reached(1).await;
+    // A restart queued behind the op that is about to panic still runs; it finds the
+    // workspace left `starting` and finishes that first, as recovery would.
+    let restart = rig.engine.restart(&ws.id, Actor::Api).await.unwrap();
+    held.release();
+    let failed = first.wait().await.unwrap();
+    assert_eq!(failed.status, OpStatus::Failed, "{failed:?}");
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, ErrorCode::Internal);
+    assert!(
+        !error.message.contains("planned panic"),
+        "no internals: {error:?}"
+    );
+    let restarted = restart.wait().await.unwrap();
+    assert_eq!(restarted.status, OpStatus::Succeeded, "{restarted:?}");
+    assert!(rig.engine.pending(&ws.id).is_idle(), "the gate is free");
+    assert_eq!(rig.state(&ws).await, State::Running);
+    assert_eq!(
+        rig.op(OpKind::Stop, &ws.id).await.status,
+        OpStatus::Succeeded
+    );
+    rig.finish().await;
+}

@@ -6,8 +6,12 @@
 
 mod contracts;
 mod crash;
+mod create;
+mod delete;
+mod interpreter;
 mod lifecycle;
 mod model;
+mod reads;
 mod reconcile;
 mod sessions;
 mod shutdown;

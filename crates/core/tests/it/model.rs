@@ -87,7 +87,7 @@ fn batch() -> impl Strategy<Value = Batch> {
     ]
 }
 
-fn cases() -> u32 {
+pub fn cases() -> u32 {
     std::env::var("BERTH_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -95,7 +95,7 @@ fn cases() -> u32 {
 }
 
 /// Random seeds locally (keep exploring); a fixed seed in CI (a red CI is reproducible).
-fn seed() -> proptest::test_runner::RngSeed {
+pub fn seed() -> proptest::test_runner::RngSeed {
     match std::env::var("BERTH_PROPTEST_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -246,3 +246,141 @@ async fn a_session_launch_whose_caller_went_away_does_not_block_a_stop() {
     assert_eq!(rig.state(&ws).await, State::Stopped);
     rig.finish().await;
 }
+
+/// Defect 10: the name of a session that exited could be launched again only after a
+/// minute (the orphan sweep); a running name with another command was a silent
+/// success; a launch after the main process exited was a 502.
+#[tokio::test(start_paused = true)]
+async fn an_exited_session_name_launches_again_at_once_and_a_running_one_keeps_its_command() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    let first = rig
+        .engine
+        .launch_session(
+            &ws.id,
+            name("agent"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    // The same command: the running session is returned, nothing launched.
+    let same = rig
+        .engine
+        .launch_session(
+            &ws.id,
+            name("agent"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(same, first);
+    assert_eq!(rig.rt.calls(FakeCall::LaunchSession), 1);
+    // Another command while it runs: refused, the running one untouched.
+    match rig
+        .engine
+        .launch_session(
+            &ws.id,
+            name("agent"),
+            vec!["other".into()],
+            Default::default(),
+        )
+        .await
+    {
+        Err(EngineError::SessionExists { session, .. }) => assert_eq!(session, "agent"),
+        other => panic!("another command on a running name: {other:?}"),
+    }
+    assert_eq!(rig.rt.live_sessions(&ws.id).len(), 1);
+    // It exits; the reconciler has not run: the name launches again at once, as a new
+    // generation, with whatever command.
+    rig.rt.exit_session(&ws.id, "agent", 0);
+    let second = rig
+        .engine
+        .launch_session(
+            &ws.id,
+            name("agent"),
+            vec!["other".into()],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        second.generation > first.generation,
+        "{second:?} after {first:?}"
+    );
+    let live = rig.rt.live_sessions(&ws.id);
+    assert_eq!(live.len(), 1, "one process for the name: {live:?}");
+    assert_eq!(rig.store.all_sessions(), vec![second]);
+    rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_launch_after_the_main_process_exited_is_a_conflict_not_a_runtime_error() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    rig.rt.exit_main(&ws.id, 3);
+    match rig
+        .engine
+        .launch_session(
+            &ws.id,
+            name("late"),
+            vec!["sleep".into()],
+            Default::default(),
+        )
+        .await
+    {
+        Err(e @ EngineError::InvalidTransition { .. }) => {
+            assert_eq!(e.code(), berth_core::ErrorCode::InvalidTransition);
+            assert!(e.to_string().contains("main process is not running"), "{e}");
+        }
+        other => panic!("a launch into an exited workspace: {other:?}"),
+    }
+    assert!(rig.store.all_sessions().is_empty(), "no row is left behind");
+    rig.finish().await;
+}
+
+/// Defect 11: output of a stopped or never-started workspace was a 502.
+#[tokio::test(start_paused = true)]
+async fn output_of_a_workspace_without_a_process_is_an_empty_page() {
+    let rig = Rig::new().await;
+    let fresh = rig.create("fresh").await;
+    assert_eq!(
+        rig.engine.output(&fresh.id, None, 10).await.unwrap(),
+        Vec::<String>::new()
+    );
+    let ws = rig
+        .create_spec(
+            "echo",
+            berth_core::model::WorkspaceSpec {
+                command: vec!["echo".into(), "hello".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+    rig.engine
+        .start(&ws.id, Actor::Api)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        rig.engine.output(&ws.id, None, 10).await.unwrap(),
+        vec!["hello"]
+    );
+    rig.engine
+        .stop(&ws.id, Actor::Api)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    // A stopped process the runtime no longer has (tmux kills the session on stop).
+    rig.rt.vanish(&ws.id);
+    assert_eq!(
+        rig.engine.output(&ws.id, None, 10).await.unwrap(),
+        Vec::<String>::new()
+    );
+    rig.finish().await;
+}

@@ -148,7 +148,11 @@ impl Rig {
     }
 
     pub async fn state(&self, ws: &Workspace) -> berth_core::state::State {
-        self.engine.workspace(&ws.id).await.unwrap().state
+        self.state_of(&ws.id).await
+    }
+
+    pub async fn state_of(&self, id: &berth_core::ids::WorkspaceId) -> berth_core::state::State {
+        self.engine.workspace(id).await.unwrap().state
     }
 
     /// Every engine test ends here.
