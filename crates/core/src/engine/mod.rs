@@ -545,7 +545,11 @@ impl Engine {
     }
 
     /// One reconcile pass over every runtime. Reports a `ReconcilePass` when it ends.
+    /// Once shutdown began it does nothing: no port is called after shutdown.
     pub async fn reconcile(&self) -> ReconcileReport {
+        if self.is_shutting_down() {
+            return ReconcileReport::default();
+        }
         self.reconcile_once().await
     }
 

@@ -86,7 +86,9 @@ impl MemoryStore {
     }
 
     /// Breakpoints: `store.workspace` is hit by `workspace(id)` after it read the row and
-    /// before it returns it (a read that fetched, then lost the CPU).
+    /// before it returns it (a read that fetched, then lost the CPU);
+    /// `store.delete_session` by `delete_session` before it deletes (a caller that
+    /// decided on old information).
     pub fn breakpoints(&self) -> &super::Breakpoints {
         &self.breakpoints
     }
@@ -481,6 +483,7 @@ impl Store for MemoryStore {
         name: &SessionName,
         generation: Generation,
     ) -> Result<bool, StoreError> {
+        self.breakpoints.hit("store.delete_session").await;
         let mut mem = self.mem.lock();
         open(&mem)?;
         let key = (workspace_id.clone(), name.clone());

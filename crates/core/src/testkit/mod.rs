@@ -10,6 +10,7 @@ mod clock;
 mod fake_runtime;
 mod memory_store;
 mod recording;
+mod reporter_contract;
 mod runtime_contract;
 mod store_contract;
 
@@ -18,6 +19,7 @@ pub use clock::TestClock;
 pub use fake_runtime::{FakeCall, FakeProcess, FakeRuntime, LaunchRecord, Plan};
 pub use memory_store::MemoryStore;
 pub use recording::{RecordingReporter, RecordingSink};
+pub use reporter_contract::{Delivered, reporter_contract};
 pub use runtime_contract::{ContractProgram, RuntimeHarness, runtime_contract};
 pub use store_contract::store_contract;
 
@@ -25,13 +27,21 @@ use std::time::Duration;
 
 use crate::Engine;
 
-/// Shuts the engine down and asserts that no task it spawned is alive. Every engine
-/// test ends with this.
+/// Shuts the engine down, bounded by its own deadlines, and asserts that no task it
+/// spawned is alive. Every engine test ends with this.
 ///
 /// # Panics
-/// When a task outlived shutdown.
+/// When shutdown overran its bounds or a task outlived it.
 pub async fn assert_no_engine_tasks(engine: &Engine) {
-    engine.shutdown().await;
+    let config = engine.config();
+    let bound = config.drain_deadline + config.final_flush_timeout * 4 + Duration::from_secs(1);
+    let report = tokio::time::timeout(bound, engine.shutdown())
+        .await
+        .unwrap_or_else(|_| panic!("shutdown did not finish within {bound:?}"));
+    assert_eq!(
+        report.tasks_alive, 0,
+        "engine tasks outlived shutdown: {report:?}"
+    );
     assert_eq!(engine.live_tasks(), 0, "engine tasks alive after shutdown");
 }
 

@@ -67,7 +67,10 @@ impl RecordingReporter {
 #[async_trait]
 impl Reporter for RecordingReporter {
     fn report(&self, report: Report) {
-        self.reports.lock().push(report);
+        // Later reports are dropped, as the port says.
+        if self.shutdowns.load(Ordering::SeqCst) == 0 {
+            self.reports.lock().push(report);
+        }
     }
 
     async fn start(&self) {

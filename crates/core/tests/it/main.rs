@@ -10,6 +10,7 @@ mod create;
 mod delete;
 mod interpreter;
 mod lifecycle;
+mod mocks;
 mod model;
 mod reads;
 mod reconcile;

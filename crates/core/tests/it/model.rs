@@ -42,6 +42,7 @@ enum Fault {
     LaunchCreatesThenFails,
     LaunchHangs,
     NameInUse,
+    RemovalInProgress,
     StopFails,
     StopSlow,
     ListingFails,
@@ -66,6 +67,7 @@ fn action() -> impl Strategy<Value = Action> {
         Just(Fault::LaunchCreatesThenFails),
         Just(Fault::LaunchHangs),
         Just(Fault::NameInUse),
+        Just(Fault::RemovalInProgress),
         Just(Fault::StopFails),
         Just(Fault::StopSlow),
         Just(Fault::ListingFails),
@@ -183,6 +185,14 @@ fn inject(rig: &Rig, fault: Fault, ids: &[berth_core::ids::WorkspaceId]) {
             .plan(FakeCall::Launch, Plan::SucceedThenFail(other("reply lost"))),
         Fault::LaunchHangs => rig.rt.plan(FakeCall::Launch, Plan::Hang),
         Fault::NameInUse => rig.rt.plan(
+            FakeCall::Launch,
+            Plan::Fail(RuntimeError::Conflict {
+                resource: "fake".into(),
+                reason: ConflictReason::NameInUse,
+                message: "name in use".into(),
+            }),
+        ),
+        Fault::RemovalInProgress => rig.rt.plan(
             FakeCall::Launch,
             Plan::Fail(RuntimeError::Conflict {
                 resource: "fake".into(),

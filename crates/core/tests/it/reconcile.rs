@@ -141,8 +141,11 @@ async fn exits_are_recorded_with_their_code() {
     rig.finish().await;
 }
 
+/// A reconcile pass that decided to forget a session's row on old information (its
+/// process was gone when it listed) must not forget the session re-created meanwhile:
+/// the forget is for the generation that exited only.
 #[tokio::test(start_paused = true)]
-async fn exited_session_rows_are_pruned_only_for_their_generation() {
+async fn a_stale_forget_never_removes_a_re_created_session() {
     let rig = Rig::new().await;
     let ws = rig.running("a").await;
     let name = berth_core::ids::SessionName::parse("agent").unwrap();
@@ -156,15 +159,17 @@ async fn exited_session_rows_are_pruned_only_for_their_generation() {
         )
         .await
         .unwrap();
-    // The session's process vanishes; a reconcile forgets that generation only.
-    rig.rt.processes();
+    // The session's process vanishes; a pass lists that and decides to forget its row.
     let engine_id = rig.engine.engine_id().clone();
     rig.rt
         .stop_session_for_test(&engine_id, &ws.id, &name)
         .await;
-    let report = rig.engine.reconcile().await;
-    assert_eq!(report.sessions_pruned, 1);
-    assert!(rig.engine.sessions(&ws.id).await.unwrap().is_empty());
+    let forget = rig.store.breakpoints().hold_once("store.delete_session");
+    let engine = rig.engine.clone();
+    #[allow(clippy::disallowed_methods, reason = "a test's own reconcile task")]
+    let pass = tokio::spawn(async move { engine.reconcile().await });
+    forget.reached(1).await;
+    // Meanwhile the name is launched again: a new generation.
     let second = rig
         .engine
         .launch_session(
@@ -176,8 +181,17 @@ async fn exited_session_rows_are_pruned_only_for_their_generation() {
         .await
         .unwrap();
     assert!(second.generation > first.generation);
-    let report = rig.engine.reconcile().await;
-    assert_eq!(report.sessions_pruned, 0, "the re-created session is kept");
+    // The stale forget lands now.
+    forget.release();
+    let report = pass.await.unwrap();
+    assert_eq!(report.sessions_pruned, 0, "{report:?}");
+    assert_eq!(
+        rig.engine.sessions(&ws.id).await.unwrap(),
+        vec![second.clone()]
+    );
+    assert_eq!(rig.rt.live_sessions(&ws.id).len(), 1);
+    // A pass on current information keeps it too.
+    assert_eq!(rig.engine.reconcile().await.sessions_pruned, 0);
     assert_eq!(rig.engine.sessions(&ws.id).await.unwrap(), vec![second]);
     rig.finish().await;
 }
