@@ -1,7 +1,7 @@
 //! Project automation: `cargo xtask ci`, `cargo xtask tidy`, `cargo xtask bench`.
 //!
 //! `ci` is what `.ci/run` and the README's test command run: formatting, clippy with
-//! warnings as errors, the tidy checks, `cargo deny` when it is installed, doctests, the
+//! warnings as errors (also on the HTTP API without the daemon feature), the tidy checks, `cargo deny` when it is installed, doctests, the
 //! README's quick start, and the whole test suite under nextest.
 
 mod bench;
@@ -134,6 +134,21 @@ fn ci(root: &Path) -> Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The HTTP API builds without the daemon's adapters (other teams mount it).
+    run(
+        root,
+        "cargo",
+        &[
+            "clippy",
+            "-p",
+            "berth",
+            "--no-default-features",
             "--locked",
             "--",
             "-D",

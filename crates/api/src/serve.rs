@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::events::EventHub;
+use crate::http::hub::EventHub;
 use crate::http::metrics::Metrics;
 use crate::http::{AppState, booting_router, router};
 

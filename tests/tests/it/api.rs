@@ -1,6 +1,6 @@
 //! Auth, bad input, idempotency, OpenAPI.
 
-use berth_tests::{Daemon, read_when_written};
+use berth_tests::{Daemon, berth_bin, read_when_written};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -353,4 +353,96 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_every_route_answe
         let ok = (200..300).contains(&s) || (path == "/v1/self" && s == 404);
         assert!(ok, "{method} {path} answered {s}: {v}");
     }
+}
+
+/// Defect 13: an op that ended badly answered 200 with a failed op, and the CLI exited
+/// 0. It now answers with its error's status (502 `runtime_error` here), still with the
+/// workspace and the op, and the CLI exits non-zero with the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_that_ends_badly_answers_with_its_error_status_and_the_cli_fails() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let (s, v) = d
+        .post(
+            "/v1/workspaces",
+            json!({"name": "nodir", "dir": "/nonexistent/berth-test", "command": ["sleep", "600"], "start": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = d.post("/v1/workspaces/nodir/start", json!({})).await;
+    assert_eq!(s, 502, "{v}");
+    assert_eq!(v["error"]["code"], "runtime_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent/berth-test")),
+        "the error names the thing: {v}"
+    );
+    assert_eq!(v["operation"]["status"], "failed");
+    assert_eq!(v["operation"]["error"]["code"], "runtime_error");
+    assert_eq!(v["workspace"]["state"], "failed");
+    let out = tokio::process::Command::new(berth_bin())
+        .args(["ws", "start", "nodir"])
+        .env("BERTH_DATA_DIR", d.data_dir())
+        .env_remove("BERTH_URL")
+        .env_remove("BERTH_TOKEN")
+        .output()
+        .await
+        .expect("berth");
+    assert!(!out.status.success(), "the CLI exits non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("runtime_error"), "{stderr}");
+    // A directory that cannot be checked refuses a plain delete (409, with the
+    // workspace and the op); a forced one is a success, 200.
+    let (s, v) = d.delete("/v1/workspaces/nodir").await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("dirty_check_failed")),
+        "{v}"
+    );
+    assert_eq!(
+        v["workspace"]["state"], "failed",
+        "a refusal changes nothing"
+    );
+    let (s, v) = d.delete("/v1/workspaces/nodir?force=true").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("error").is_none(), "{v}");
+}
+
+/// Defects 11 and 12: output of a workspace that never ran is an empty page, not a
+/// 502; a name shaped like a workspace id is refused, so `{id}` is never ambiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_without_a_process_is_empty_and_names_cannot_look_like_ids() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let (s, v) = d
+        .post(
+            "/v1/workspaces",
+            json!({"name": "idle", "command": ["sleep", "600"], "start": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = d.get("/v1/workspaces/idle/output").await;
+    assert_eq!((s, v["lines"].clone()), (200, json!([])), "{v}");
+    let (s, v) = d
+        .post(
+            "/v1/workspaces",
+            json!({"name": "ws-0123456789abcdef", "start": false}),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "validation_failed");
+    assert_eq!(v["error"]["details"]["field"], "name");
+    let (s, v) = d
+        .post(
+            "/v1/workspaces",
+            json!({"name": "img", "image": "busybox", "start": false}),
+        )
+        .await;
+    assert_eq!(s, 422, "an image on tmux: {v}");
+    assert_eq!(v["error"]["details"]["field"], "image");
+    let (_, list) = d.get("/v1/workspaces").await;
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(1),
+        "nothing else was created"
+    );
 }

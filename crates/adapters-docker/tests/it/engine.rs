@@ -285,3 +285,83 @@ async fn the_orphan_sweep_removes_only_old_orphans_of_ours_and_nothing_when_list
     engine.shutdown().await;
     proxy.down();
 }
+
+/// Defect 11: a Docker workspace created with `start: false` could not be deleted
+/// without force: its dirty check failed on a volume that does not exist yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_that_never_started_is_deleted_without_force() {
+    let Some(fx) = Fixture::new("a_workspace_that_never_started_is_deleted_without_force").await
+    else {
+        return;
+    };
+    let engine = engine(fx.rt.clone(), Duration::from_secs(60)).await;
+    let ws = engine
+        .create(CreateWorkspace {
+            name: WorkspaceName::parse("never").expect("name"),
+            runtime: RuntimeKind::parse("docker").expect("kind"),
+            spec: WorkspaceSpec {
+                image: Some(fx.image.clone()),
+                ..Default::default()
+            },
+            actor: Actor::Api,
+        })
+        .await
+        .expect("create");
+    let op = engine
+        .delete(&ws.id, false, Actor::Api)
+        .await
+        .expect("delete")
+        .wait()
+        .await
+        .expect("op");
+    assert_eq!(op.status, OpStatus::Succeeded, "{op:?}");
+    assert!(engine.workspace(&ws.id).await.is_err());
+    engine.shutdown().await;
+}
+
+/// Ports say what they need: the Docker runtime refuses a git source (it does not check
+/// one out) and a workspace with no image when the daemon has no default, naming the
+/// field, before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_the_docker_runtime_cannot_honour_are_refused_at_create() {
+    use berth_core::engine::EngineError;
+    let Some(fx) = Fixture::new("fields_the_docker_runtime_cannot_honour").await else {
+        return;
+    };
+    let no_default = Arc::new(DockerRuntime::new(berth_docker::DockerConfig {
+        label_prefix: fx.prefix.clone(),
+        ..berth_docker::DockerConfig::default()
+    }));
+    for (rt, spec, field) in [
+        (
+            fx.rt.clone(),
+            WorkspaceSpec {
+                git: Some(berth_core::model::GitSource {
+                    repo: "/srv/repo".into(),
+                    reference: "main".into(),
+                }),
+                ..Default::default()
+            },
+            "git",
+        ),
+        (no_default, WorkspaceSpec::default(), "image"),
+    ] {
+        let engine = engine(rt, Duration::from_secs(60)).await;
+        match engine
+            .create(CreateWorkspace {
+                name: WorkspaceName::parse("refused").expect("name"),
+                runtime: RuntimeKind::parse("docker").expect("kind"),
+                spec,
+                actor: Actor::Api,
+            })
+            .await
+        {
+            Err(EngineError::Validation { field: f, message }) => {
+                assert_eq!(f, field, "{message}")
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+        engine.shutdown().await;
+    }
+    assert!(fx.containers().is_empty());
+}

@@ -339,3 +339,49 @@ async fn a_worktree_whose_repository_moved_is_not_deleted_as_clean() {
     );
     engine.shutdown().await;
 }
+
+/// Ports say what they need: the tmux runtime has no images and enforces no limits; a
+/// spec asking for either is refused at create, naming the field, and nothing is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_or_limits_on_tmux_are_refused_at_create() {
+    use berth_core::engine::EngineError;
+    use berth_core::ids::{RuntimeKind, WorkspaceName};
+    use berth_core::model::{CreateWorkspace, Limits};
+    let fx = Fixture::new();
+    let store = Arc::new(MemoryStore::new());
+    let engine = fx.engine(store.clone()).await;
+    for (spec, field) in [
+        (
+            WorkspaceSpec {
+                image: Some("busybox".into()),
+                ..Default::default()
+            },
+            "image",
+        ),
+        (
+            WorkspaceSpec {
+                limits: Some(Limits {
+                    pids: Some(10),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "limits",
+        ),
+    ] {
+        match engine
+            .create(CreateWorkspace {
+                name: WorkspaceName::parse("refused").unwrap(),
+                runtime: RuntimeKind::parse("tmux").unwrap(),
+                spec,
+                actor: Actor::Api,
+            })
+            .await
+        {
+            Err(EngineError::Validation { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field} on tmux: {other:?}"),
+        }
+    }
+    assert!(store.all_workspaces().is_empty());
+    engine.shutdown().await;
+}

@@ -309,3 +309,72 @@ async fn a_missing_session_is_gone_even_next_to_a_look_alike() {
     );
     engine.shutdown().await;
 }
+
+/// Defect 1: a tmux workspace whose process handles SIGTERM was stopped in tens of
+/// milliseconds and its handler was cut short: the launcher shell (the session leader)
+/// died of the SIGTERM first, and its exit sent SIGHUP to the whole group. The process
+/// now gets its grace: the handler runs to its end, and the tmux session goes away
+/// only after the process exited. The same holds for a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_handles_sigterm_gets_its_grace_and_finishes_its_handler() {
+    let fx = Fixture::new();
+    let engine = fx.engine(Arc::new(MemoryStore::new())).await;
+    let graceful = |dir: &std::path::Path| {
+        format!(
+            "trap 'echo term > {d}/term; sleep 1; echo done > {d}/done; exit 0' TERM; echo ready > {d}/ready; while :; do sleep 0.1; done",
+            d = dir.display()
+        )
+    };
+    let main_dir = fx.path().join("main");
+    let session_dir = fx.path().join("session");
+    std::fs::create_dir_all(&main_dir).unwrap();
+    std::fs::create_dir_all(&session_dir).unwrap();
+    let ws = crate::create_sh(&engine, "graceful", &graceful(&main_dir)).await;
+    assert_eq!(
+        crate::op(&engine, OpKind::Start, &ws).await.status,
+        OpStatus::Succeeded
+    );
+    engine
+        .launch_session(
+            &ws.id,
+            berth_core::ids::SessionName::parse("agent").unwrap(),
+            crate::sh(&graceful(&session_dir)),
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    for dir in [&main_dir, &session_dir] {
+        let ready = dir.join("ready");
+        wait_until(
+            "the handler to be installed",
+            Duration::from_secs(10),
+            || async { ready.exists() },
+        )
+        .await;
+    }
+    let began = std::time::Instant::now();
+    let op = crate::op(&engine, OpKind::Stop, &ws).await;
+    assert_eq!(op.status, OpStatus::Succeeded, "{op:?}");
+    for dir in [&main_dir, &session_dir] {
+        assert!(
+            dir.join("term").exists(),
+            "{}: SIGTERM was delivered",
+            dir.display()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("done")).ok().as_deref(),
+            Some("done\n"),
+            "{}: the SIGTERM handler ran to its end",
+            dir.display()
+        );
+    }
+    assert!(
+        began.elapsed() >= Duration::from_secs(1),
+        "the stop waited for the handler"
+    );
+    assert!(
+        fx.sessions().is_empty(),
+        "the tmux sessions went away after the processes"
+    );
+    engine.shutdown().await;
+}

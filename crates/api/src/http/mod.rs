@@ -12,6 +12,7 @@ pub mod dto;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
@@ -45,7 +46,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+        .route("/openapi.json", get(openapi::openapi))
         .route(
             "/v1/workspaces",
             post(workspaces::create_workspace).get(workspaces::list_workspaces),

@@ -1,9 +1,11 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations. It is served at
-//! `/openapi.json` and checked in at `docs/openapi.json` (`cargo xtask openapi --check`
-//! fails when they differ).
+//! `/openapi.json` (the route is here too) and checked in at `docs/openapi.json`
+//! (`cargo xtask openapi --check` fails when they differ).
 
 use std::sync::OnceLock;
 
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -14,7 +16,7 @@ use super::{dto, error, events, health, operations, sessions, workspaces};
 #[openapi(
     info(title = "berth", description = "Workspace lifecycle engine: HTTP API v1"),
     paths(
-        health::healthz, health::readyz, health::metrics, health::openapi,
+        health::healthz, health::readyz, health::metrics, openapi,
         workspaces::create_workspace, workspaces::list_workspaces, workspaces::get_workspace,
         workspaces::delete_workspace, workspaces::start, workspaces::stop, workspaces::restart,
         workspaces::wait, operations::get_operation, operations::list_operations,
@@ -44,6 +46,13 @@ impl Modify for Bearer {
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health", security(("bearer" = [])),
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+}
+
 /// The document as pretty JSON with a trailing newline (the form checked in).
 pub fn document() -> String {
     static DOC: OnceLock<String> = OnceLock::new();
@@ -57,4 +66,40 @@ pub fn document() -> String {
         text
     })
     .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_core::ErrorCode;
+
+    /// Every code is documented with its status in `docs/api.md`, and listed by the
+    /// OpenAPI document: a new code cannot ship undocumented.
+    #[test]
+    fn every_error_code_is_in_docs_api_md_and_the_openapi_document() {
+        let api_md = include_str!("../../../../docs/api.md");
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let listed: Vec<&str> =
+            doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
+        for code in ErrorCode::ALL {
+            assert!(
+                listed.contains(&code.as_str()),
+                "{code} is missing from the OpenAPI document"
+            );
+            let row = format!("| `{}` | {} |", code.as_str(), code.http_status());
+            assert!(
+                api_md.contains(&row),
+                "docs/api.md has no row {row:?} in its code table"
+            );
+        }
+        assert_eq!(
+            listed.len(),
+            ErrorCode::ALL.len(),
+            "the document lists no other code"
+        );
+    }
 }

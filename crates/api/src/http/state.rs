@@ -9,7 +9,7 @@ use berth_core::Engine;
 use berth_core::model::Workspace;
 use tokio_util::sync::CancellationToken;
 
-use super::events::EventHub;
+use super::hub::EventHub;
 use super::metrics::Metrics;
 
 /// Everything the handlers share.

@@ -144,7 +144,96 @@ pub async fn runtime_contract(h: &RuntimeHarness) {
     exit_codes_are_kept(h, rt, &engine).await;
     output_is_captured(h, rt, &engine).await;
     sessions_are_one_per_name_and_fenced_by_generation(h, rt, &engine).await;
+    an_exited_session_gives_its_name_to_a_new_generation(h, rt, &engine).await;
     listing_is_scoped_to_the_engine(h, rt, &engine).await;
+}
+
+async fn an_exited_session_gives_its_name_to_a_new_generation(
+    h: &RuntimeHarness,
+    rt: &dyn ProcessRuntime,
+    engine: &EngineId,
+) {
+    let ws = Ws::new(h, engine, ContractProgram::Forever);
+    ws.launch(rt, 1).await.expect("launch");
+    let dir = rt.prepare(&ws.wref()).await.expect("prepare");
+    let name = SessionName::parse("short").expect("valid");
+    let launch = |generation: u64, program: ContractProgram| SessionLaunch {
+        resource: ws.at(1),
+        name: name.clone(),
+        generation: Generation(generation),
+        command: (h.session_command)(program),
+        env: BTreeMap::new(),
+        dir: dir.clone(),
+    };
+    let target = SessionRef {
+        engine_id: engine.clone(),
+        workspace_id: ws.id.clone(),
+        name: name.clone(),
+        generation: None,
+    };
+    assert_eq!(
+        rt.inspect_session(&target).await.expect("inspect_session"),
+        None,
+        "inspect_session MUST be None when there is no session of that name"
+    );
+    rt.launch_session(&launch(1, ContractProgram::Forever))
+        .await
+        .expect("launch_session");
+    let generation_of = |r: Option<crate::ports::OwnedResource>| {
+        r.map(|r| match r.kind {
+            ResourceKind::Session { generation, .. } => (generation.0, r.status),
+            ResourceKind::Main => (0, r.status),
+        })
+    };
+    assert_eq!(
+        generation_of(rt.inspect_session(&target).await.expect("inspect_session")),
+        Some((1, ProcessStatus::Running)),
+        "inspect_session MUST show the running generation"
+    );
+    match rt
+        .launch_session(&launch(2, ContractProgram::Forever))
+        .await
+    {
+        Err(RuntimeError::Conflict {
+            reason: ConflictReason::NameInUse,
+            ..
+        }) => {}
+        other => panic!("a new generation over a running one MUST be NameInUse, got {other:?}"),
+    }
+    assert_eq!(
+        generation_of(rt.inspect_session(&target).await.expect("inspect_session")),
+        Some((1, ProcessStatus::Running)),
+        "the running generation MUST be left alone"
+    );
+    rt.stop_session(
+        &SessionRef {
+            generation: Some(Generation(1)),
+            ..target.clone()
+        },
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("stop_session");
+    // A generation that exits by itself.
+    rt.launch_session(&launch(3, ContractProgram::Exit(0)))
+        .await
+        .expect("launch_session");
+    wait_until("the session to exit", h.settle, || async {
+        matches!(
+            generation_of(rt.inspect_session(&target).await.expect("inspect_session")),
+            Some((3, ProcessStatus::Exited(_))) | None
+        )
+    })
+    .await;
+    rt.launch_session(&launch(4, ContractProgram::Forever))
+        .await
+        .expect("a new generation MUST replace one that exited");
+    wait_until("the new generation to run", h.settle, || async {
+        generation_of(rt.inspect_session(&target).await.expect("inspect_session"))
+            == Some((4, ProcessStatus::Running))
+    })
+    .await;
+    ws.teardown(rt, 1).await;
 }
 
 async fn launch_is_idempotent_and_fenced(
