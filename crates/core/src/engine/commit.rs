@@ -46,6 +46,36 @@ pub(crate) struct Committed {
     pub(crate) token: Option<WorkspaceToken>,
 }
 
+/// A row write in progress on a gate. Readers do not fill the gate's row from the
+/// store while one is in progress or since one finished; when the write ends (however:
+/// returned, failed, or dropped by a timeout), the gate holds the committed row, or
+/// forgets its row when the outcome is unknown.
+struct Writing<'a> {
+    gate: &'a Gate,
+    committed: Option<Workspace>,
+}
+
+impl<'a> Writing<'a> {
+    fn begin(gate: &'a Gate) -> Self {
+        gate.update(|st| st.writing += 1);
+        Self {
+            gate,
+            committed: None,
+        }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let row = self.committed.take();
+        self.gate.update(|st| {
+            st.writing -= 1;
+            st.writes += 1;
+            st.row = row;
+        });
+    }
+}
+
 impl Engine {
     /// Applies `event` to `ws`: the table decides; a transition that commits writes
     /// the move, its record effects (a minted incarnation and token), the event and
@@ -168,13 +198,12 @@ impl Engine {
             ops,
             fence: self.inner.fence,
         };
-        gate.update(|st| st.writing += 1);
+        let mut guard = Writing::begin(gate);
         let stored = self.inner.store.commit(&commit).await;
-        gate.update(|st| {
-            st.writing -= 1;
-            st.writes += 1;
-            st.row = stored.is_ok().then(|| commit.workspace.clone());
-        });
+        if stored.is_ok() {
+            guard.committed = Some(commit.workspace.clone());
+        }
+        drop(guard);
         let stored = stored?;
         *ws = commit.workspace;
         if let Some(ev) = stored {
@@ -210,18 +239,16 @@ impl Engine {
             cause: note.cause,
             message: note.message,
         };
-        gate.update(|st| st.writing += 1);
+        let guard = Writing::begin(gate);
         let stored = self
             .inner
             .store
             .delete_workspace(&ws.id, ws.version, &ops, &event, self.inner.fence)
             .await;
-        gate.update(|st| {
-            st.writing -= 1;
-            st.writes += 1;
-            st.row = None;
-            st.gone = stored.is_ok();
-        });
+        drop(guard);
+        if stored.is_ok() {
+            gate.update(|st| st.gone = true);
+        }
         let ev = stored?;
         self.inner.reporter.report(Report::Event(ev));
         self.inner.gates.remove(&ws.id);
@@ -269,7 +296,6 @@ impl Engine {
                 tracing::warn!(op = %op.id, error = %e, "could not record the interruption")
             }
             Err(_) => {
-                gate.update(|st| st.row = None);
                 tracing::warn!(op = %op.id, "recording the interruption timed out");
             }
         }
