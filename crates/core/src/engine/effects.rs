@@ -35,6 +35,25 @@ pub(crate) struct Exec<'a> {
     pub(crate) closing: SessionsClosed,
 }
 
+impl<'a> Exec<'a> {
+    /// Stop-side effects: no launch to cancel, no token.
+    pub(crate) fn stopping(
+        gate: &'a Gate,
+        op: Option<&'a Operation>,
+        deadline: Instant,
+        closing: SessionsClosed,
+    ) -> Self {
+        Self {
+            gate,
+            op,
+            deadline,
+            cancel: None,
+            token: None,
+            closing,
+        }
+    }
+}
+
 /// What a successful effect produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -259,12 +278,16 @@ impl Engine {
                 }
             }
         };
-        let never = CancellationToken::new();
-        let cancel = x.cancel.unwrap_or(&never);
+        let preempted = async {
+            match x.cancel {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = self.inner.ops_token.cancelled() => Err(Failure::Interrupted),
-            () = cancel.cancelled() => Err(Failure::Cancelled),
+            () = preempted => Err(Failure::Cancelled),
             r = tokio::time::timeout_at(x.deadline, work) => match r {
                 Ok(r) => r,
                 Err(_) => Err(Failure::TimedOut {

@@ -185,10 +185,13 @@ impl Gate {
         self.state.lock()
     }
 
-    /// Changes the state and wakes `wait` callers.
+    /// Changes the state and wakes `wait` callers. A waiter subscribes before it reads
+    /// a snapshot, so skipping the notification while nobody waits loses no wake-up.
     pub(crate) fn update<R>(&self, f: impl FnOnce(&mut GateState) -> R) -> R {
         let r = f(&mut self.state.lock());
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        if self.changed.receiver_count() > 0 {
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
         r
     }
 

@@ -201,14 +201,12 @@ impl Engine {
                         } else {
                             report.exited += 1
                         }
-                        let x = Exec {
-                            gate: &gate,
-                            op: None,
-                            deadline: self.stop_deadline(),
-                            cancel: None,
-                            token: None,
-                            closing: SessionsClosed::Stopping,
-                        };
+                        let x = Exec::stopping(
+                            &gate,
+                            None,
+                            self.stop_deadline(),
+                            SessionsClosed::Stopping,
+                        );
                         if let Err(e) = self.run_effects(&ws, &committed.effects, &x).await {
                             tracing::warn!(workspace = %ws.id, error = %e.message(), "reconcile could not clean up after an exit");
                         }

@@ -196,7 +196,7 @@ impl Engine {
                 note,
             )
             .await?;
-        let x = self.recovery_exec(gate, deadline, SessionsClosed::Stopping);
+        let x = Exec::stopping(gate, None, deadline, SessionsClosed::Stopping);
         if let Err(e) = self.run_effects(ws, &committed.effects, &x).await {
             tracing::warn!(workspace = %ws.id, error = %e.message(), "could not remove what an interrupted start left; the orphan sweep will");
         }
@@ -317,7 +317,7 @@ impl Engine {
             "recovery re-runs the effects",
         );
         let committed = self.commit_transition(gate, ws, event, note).await?;
-        let x = self.recovery_exec(gate, deadline, closing);
+        let x = Exec::stopping(gate, None, deadline, closing);
         let row: &Workspace = ws;
         Ok(retry(mode, deadline, || async {
             self.run_effects(row, &committed.effects, &x)
@@ -325,22 +325,6 @@ impl Engine {
                 .map(|_| ())
         })
         .await)
-    }
-
-    fn recovery_exec<'a>(
-        &self,
-        gate: &'a Gate,
-        deadline: Instant,
-        closing: SessionsClosed,
-    ) -> Exec<'a> {
-        Exec {
-            gate,
-            op: None,
-            deadline,
-            cancel: None,
-            token: None,
-            closing,
-        }
     }
 }
 

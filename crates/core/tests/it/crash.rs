@@ -192,11 +192,11 @@ async fn a_resource_the_record_does_not_own_is_removed_after_the_grace_period() 
     rig.finish().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_interrupted_stop_and_delete_are_finished_at_boot() {
-    let mut cfg = config();
-    cfg.drain_deadline = Duration::from_secs(1);
-    let rig = Rig::with(cfg).await;
+/// Two running workspaces whose stop and delete hang until shutdown interrupts them:
+/// the engine is shut down with one left `stopping` and one `deleting`.
+async fn interrupt_a_stop_and_a_delete(
+    rig: &Rig,
+) -> (berth_core::model::Workspace, berth_core::model::Workspace) {
     let stopping = rig.running("stopping").await;
     let deleting = rig.running("deleting").await;
     rig.rt.plan(FakeCall::Stop, Plan::Hang);
@@ -212,7 +212,16 @@ async fn an_interrupted_stop_and_delete_are_finished_at_boot() {
     })
     .await;
     let report = rig.engine.shutdown().await;
-    assert!(!report.drained);
+    assert!(!report.drained && report.interrupted == 2, "{report:?}");
+    (stopping, deleting)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_stop_and_delete_are_finished_at_boot() {
+    let mut cfg = config();
+    cfg.drain_deadline = Duration::from_secs(1);
+    let rig = Rig::with(cfg).await;
+    let (stopping, deleting) = interrupt_a_stop_and_a_delete(&rig).await;
     assert_eq!(
         rig.store
             .all_workspaces()
@@ -253,21 +262,7 @@ async fn boot_recovery_retries_and_leaves_nothing_transitional_when_the_runtime_
     let mut cfg = config();
     cfg.drain_deadline = Duration::from_secs(1);
     let rig = Rig::with(cfg).await;
-    let stopping = rig.running("stopping").await;
-    let deleting = rig.running("deleting").await;
-    rig.rt.plan(FakeCall::Stop, Plan::Hang);
-    rig.rt.plan(FakeCall::Stop, Plan::Hang);
-    let _a = rig.engine.stop(&stopping.id, Actor::Api).await.unwrap();
-    let _b = rig
-        .engine
-        .delete(&deleting.id, true, Actor::Api)
-        .await
-        .unwrap();
-    berth_core::testkit::wait_until("both stops to hang", Duration::from_secs(1), || async {
-        rig.rt.calls(FakeCall::Stop) == 2
-    })
-    .await;
-    rig.engine.shutdown().await;
+    let (stopping, deleting) = interrupt_a_stop_and_a_delete(&rig).await;
     // The runtime is down for the whole recovery.
     rig.rt.set_unavailable(true);
     let stops_before = rig.rt.calls(FakeCall::Stop);

@@ -66,14 +66,12 @@ impl OpRun<'_> {
                     .await;
             }
         };
-        let x = Exec {
-            gate: self.gate,
-            op: Some(&self.op),
+        let x = Exec::stopping(
+            self.gate,
+            Some(&self.op),
             deadline,
-            cancel: None,
-            token: None,
-            closing: SessionsClosed::Deleting,
-        };
+            SessionsClosed::Deleting,
+        );
         if let Err(e) = self.engine.run_effects(&ws, &committed.effects, &x).await {
             if matches!(e.failure, Failure::Interrupted) {
                 return self.conclude(&mut ws, PhaseEnd::Interrupted).await;

@@ -145,14 +145,12 @@ impl OpRun<'_> {
             .as_ref()
             .and_then(|p| p.deadline)
             .unwrap_or_else(|| self.engine.stop_deadline());
-        let x = Exec {
-            gate: self.gate,
-            op: Some(&self.op),
+        let x = Exec::stopping(
+            self.gate,
+            Some(&self.op),
             deadline,
-            cancel: None,
-            token: None,
-            closing: SessionsClosed::Stopping,
-        };
+            SessionsClosed::Stopping,
+        );
         if let Err(err) = self.engine.run_effects(ws, &committed.effects, &x).await {
             tracing::warn!(workspace = %ws.id, error = %err.message(), "could not remove what a failed start left; the orphan sweep will");
         }

@@ -31,14 +31,12 @@ impl OpRun<'_> {
             // The table's no-op: a stopped workspace stays stopped, nothing written.
             return PhaseEnd::Done;
         }
-        let x = Exec {
-            gate: self.gate,
-            op: Some(&self.op),
+        let x = Exec::stopping(
+            self.gate,
+            Some(&self.op),
             deadline,
-            cancel: None,
-            token: None,
-            closing: SessionsClosed::Stopping,
-        };
+            SessionsClosed::Stopping,
+        );
         let ran = self.engine.run_effects(ws, &committed.effects, &x).await;
         let failed = match ran {
             Ok(_) => None,
