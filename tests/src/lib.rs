@@ -278,6 +278,16 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
+            // Wait for it to be gone: a daemon still alive after the server below is
+            // killed could start a new server (its control client creates one), which
+            // would then outlive the test.
+            for _ in 0..500 {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                #[allow(clippy::disallowed_methods, reason = "a Drop cannot await")]
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         // The workspaces' tmux server outlives the daemon by design; end it here.
         let _ = std::process::Command::new("tmux")

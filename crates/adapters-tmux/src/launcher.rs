@@ -54,10 +54,13 @@ pub(crate) fn script(
         let words: Vec<String> = argv.iter().map(|a| quote(a)).collect();
         s.push_str(&words.join(" "));
     }
+    // A builtin write, no `mv`: a process per stop costs milliseconds, and no reader can
+    // see it half-written (the file is read only once the pane is dead, that is after
+    // this shell exited; a shell killed mid-write leaves a file that does not parse,
+    // read as "no status").
     let _ = write!(
         s,
-        "\ncode=$?\nprintf '%s\\n' \"$code\" > {tmp} && mv -f {tmp} {file}\nexit \"$code\"\n",
-        tmp = quote(&format!("{exit_file}.tmp")),
+        "\ncode=$?\nprintf '%s\\n' \"$code\" > {file}\nexit \"$code\"\n",
         file = quote(exit_file)
     );
     s
@@ -91,7 +94,7 @@ mod tests {
         assert!(text.contains("export A='x y'\n"));
         assert!(text.contains("\n'echo' 'a'\\''b'\ncode=$?\n"), "{text}");
         assert!(
-            text.ends_with("mv -f '/d/x.exit.tmp' '/d/x.exit'\nexit \"$code\"\n"),
+            text.ends_with("printf '%s\\n' \"$code\" > '/d/x.exit'\nexit \"$code\"\n"),
             "{text}"
         );
     }

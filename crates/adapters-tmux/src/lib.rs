@@ -448,12 +448,21 @@ impl TmuxRuntime {
                 }
                 procs::signal_all(&pids, Signal::SIGTERM);
                 let deadline = tokio::time::Instant::now() + grace;
+                // Most processes end within milliseconds of SIGTERM (the launcher
+                // records the exit status, then exits): poll finely at first, then back
+                // off for the ones that use their grace.
+                let began = tokio::time::Instant::now();
                 let mut pause = Duration::from_micros(250);
                 while pids.iter().any(|p| procs::alive(*p))
                     && tokio::time::Instant::now() < deadline
                 {
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    let cap = if began.elapsed() < Duration::from_millis(50) {
+                        Duration::from_millis(1)
+                    } else {
+                        Duration::from_millis(50)
+                    };
+                    pause = (pause * 2).min(cap);
                 }
                 let mut rest: Vec<i32> =
                     pids.iter().copied().filter(|p| procs::alive(*p)).collect();
