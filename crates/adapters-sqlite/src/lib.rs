@@ -284,23 +284,20 @@ impl SqliteStore {
 
     /// Runs one write in a `BEGIN IMMEDIATE` transaction, retrying while the database
     /// is busy or locked by another process, up to the lock deadline.
+    ///
+    /// The transaction is driven by hand (`BEGIN IMMEDIATE`, `COMMIT`, `ROLLBACK`), not
+    /// by sqlx's transaction manager: when a `COMMIT` fails (a full disk, an I/O
+    /// error) SQLite may already have rolled back, and sqlx then believes a transaction
+    /// is still open and refuses every later `BEGIN`. Here every failed write rolls
+    /// back, and a connection whose state is in doubt (any error but "busy", or a write
+    /// abandoned half-way by a timeout) is closed instead of going back to the pool: the
+    /// next write opens a fresh one, so the store heals as soon as the fault is gone.
     async fn write(&self, what: &str, write: Write<'_>) -> Result<Written, StoreError> {
         self.check_open()?;
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(5);
         loop {
-            let attempt = async {
-                if write.is_single_statement() {
-                    // One statement is its own transaction: no BEGIN/COMMIT round trips.
-                    let mut conn = self.writer.acquire().await?;
-                    return apply(&mut conn, &write).await;
-                }
-                let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-                let value = apply(&mut tx, &write).await?;
-                tx.commit().await?;
-                Ok::<Written, WriteError>(value)
-            };
-            match attempt.await {
+            match self.write_once(&write).await {
                 Ok(v) => return Ok(v),
                 Err(WriteError::Store(e)) => return Err(e),
                 Err(WriteError::Sql(e))
@@ -310,9 +307,52 @@ impl SqliteStore {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
-                Err(WriteError::Sql(e)) => return Err(self.map(e, what)),
+                Err(WriteError::Sql(e)) => {
+                    tracing::warn!(what, error = %e, "write failed; the connection was rolled back or discarded");
+                    return Err(self.map(e, what));
+                }
             }
         }
+    }
+
+    /// One attempt of a write on the writer connection.
+    async fn write_once(&self, write: &Write<'_>) -> Result<Written, WriteError> {
+        let mut conn = InDoubt::arm(self.writer.acquire().await?);
+        if write.is_single_statement() {
+            // One statement is its own transaction: no BEGIN/COMMIT round trips.
+            let result = apply(conn.get(), write).await;
+            conn.settle(&result);
+            return result;
+        }
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut **conn.get())
+            .await
+        {
+            // Nothing began; a busy database leaves the connection as it was.
+            let failed = Err(WriteError::Sql(e));
+            conn.settle(&failed);
+            return failed;
+        }
+        let mut result = apply(conn.get(), write).await;
+        if result.is_ok()
+            && let Err(e) = sqlx::query("COMMIT").execute(&mut **conn.get()).await
+        {
+            result = Err(WriteError::Sql(e));
+        }
+        if result.is_err() {
+            // A verdict (`Store`) or an SQL error: undo whatever the transaction did.
+            // "No transaction is active" means SQLite already rolled back: fine.
+            match sqlx::query("ROLLBACK").execute(&mut **conn.get()).await {
+                Ok(_) => {}
+                Err(e) if no_transaction(&e) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "rollback failed; discarding the connection");
+                    conn.discard();
+                }
+            }
+        }
+        conn.settle(&result);
+        result
     }
 
     async fn read<T>(
@@ -337,6 +377,51 @@ impl From<sqlx::Error> for WriteError {
     fn from(e: sqlx::Error) -> Self {
         WriteError::Sql(e)
     }
+}
+
+/// The writer connection during a write. Dropped before [`InDoubt::settle`] (a write
+/// abandoned half-way: a timeout or a cancelled caller), or after an error that may
+/// have left it in an unknown state, it is closed instead of returned to the pool.
+struct InDoubt {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    armed: bool,
+}
+
+impl InDoubt {
+    fn arm(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Self {
+        Self { conn, armed: true }
+    }
+
+    fn get(&mut self) -> &mut sqlx::pool::PoolConnection<sqlx::Sqlite> {
+        &mut self.conn
+    }
+
+    /// Keeps the connection after a success, a store verdict or a busy database (all
+    /// rolled back or never begun); discards it after any other error.
+    fn settle<T>(&mut self, result: &Result<T, WriteError>) {
+        match result {
+            Ok(_) | Err(WriteError::Store(_)) => self.armed = false,
+            Err(WriteError::Sql(e)) if is_busy(e) => self.armed = false,
+            Err(WriteError::Sql(_)) => self.discard(),
+        }
+    }
+
+    fn discard(&mut self) {
+        self.armed = true;
+    }
+}
+
+impl Drop for InDoubt {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// "cannot rollback - no transaction is active": SQLite rolled back by itself.
+fn no_transaction(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.message().contains("no transaction is active"))
 }
 
 fn is_busy(e: &sqlx::Error) -> bool {

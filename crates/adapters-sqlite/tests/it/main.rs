@@ -7,6 +7,7 @@
 mod concurrency;
 mod contract;
 mod crash;
+mod faults;
 mod schema;
 
 use std::path::Path;
@@ -33,10 +34,19 @@ pub async fn open(path: &Path) -> Arc<SqliteStore> {
 
 /// An engine on the SQLite store and the fake runtime.
 pub async fn engine(store: Arc<SqliteStore>) -> Engine {
+    engine_on(
+        store,
+        Arc::new(FakeRuntime::new(Arc::new(TestClock::new()))),
+    )
+    .await
+}
+
+/// An engine on the SQLite store and the given fake runtime.
+pub async fn engine_on(store: Arc<SqliteStore>, rt: Arc<FakeRuntime>) -> Engine {
     let clock = Arc::new(TestClock::new());
     Engine::builder()
         .store(store)
-        .runtime(Arc::new(FakeRuntime::new(clock.clone())))
+        .runtime(rt)
         .reporter(Arc::new(RecordingReporter::default()))
         .clock(clock)
         .config(EngineConfig {
