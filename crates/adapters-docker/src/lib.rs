@@ -49,6 +49,7 @@ use bollard::container::{
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, Mount, MountTypeEnum,
+    MountVolumeOptions,
 };
 use bollard::system::EventsOptions;
 use bollard::volume::{CreateVolumeOptions, RemoveVolumeOptions};
@@ -301,6 +302,14 @@ impl DockerRuntime {
         format!("berth-{engine}-{workspace}-data")
     }
 
+    /// The labels of a workspace's data volume, on every call that can create it.
+    fn volume_labels(&self, engine: &EngineId, workspace: &WorkspaceId) -> HashMap<String, String> {
+        HashMap::from([
+            (self.label("engine"), engine.to_string()),
+            (self.label("workspace"), workspace.to_string()),
+        ])
+    }
+
     fn label(&self, key: &str) -> String {
         format!("{}.{key}", self.config.label_prefix)
     }
@@ -418,10 +427,17 @@ impl DockerRuntime {
                 ..Default::default()
             });
         }
+        // The volume exists (`prepare` made it, labelled); should it be gone by the
+        // time dockerd creates the container (a delete raced the create), dockerd makes
+        // it again from this mount: with our labels, so nothing is ever unlabelled.
         Ok(Mount {
             target: Some(WORKSPACE_MOUNT.into()),
             source: Some(self.volume_name(engine, &ws.workspace_id)),
             typ: Some(MountTypeEnum::VOLUME),
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(self.volume_labels(engine, &ws.workspace_id)),
+                ..Default::default()
+            }),
             ..Default::default()
         })
     }
@@ -813,10 +829,7 @@ impl ProcessRuntime for DockerRuntime {
         }
         let docker = self.docker().await?;
         let name = self.volume_name(&workspace.engine_id, &workspace.workspace_id);
-        let labels = HashMap::from([
-            (self.label("engine"), workspace.engine_id.to_string()),
-            (self.label("workspace"), workspace.workspace_id.to_string()),
-        ]);
+        let labels = self.volume_labels(&workspace.engine_id, &workspace.workspace_id);
         // Creating an existing volume returns it: idempotent.
         self.call(
             "volume create",

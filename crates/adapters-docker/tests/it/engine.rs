@@ -365,3 +365,68 @@ async fn fields_the_docker_runtime_cannot_honour_are_refused_at_create() {
     }
     assert!(fx.containers().is_empty());
 }
+
+/// Issue 11, item 1: a workspace created with a volume and started, then deleted with
+/// force at once, over and over. Every delete succeeds, and nothing is left: no
+/// container, no volume (labelled or not). Before, the delete did not wait for the
+/// container create already sent; dockerd then made the volume again, unlabelled,
+/// and some deletes failed with "volume is in use".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_delete_right_after_a_start_leaves_no_container_and_no_volume() {
+    let Some(fx) =
+        Fixture::new("a_forced_delete_right_after_a_start_leaves_no_container_and_no_volume").await
+    else {
+        return;
+    };
+    let engine = engine(fx.rt.clone(), Duration::from_secs(60)).await;
+    let by_name = format!("name=berth-{}", engine.engine_id());
+    let leftovers = || {
+        let volumes = docker(&["volume", "ls", "-q", "--filter", &by_name]);
+        let containers = docker(&["ps", "-aq", "--filter", &by_name]);
+        (volumes, containers)
+    };
+    let mut failures = Vec::new();
+    for i in 0..12 {
+        let ws = engine
+            .create(CreateWorkspace {
+                name: WorkspaceName::parse(&format!("race{i}")).expect("name"),
+                runtime: RuntimeKind::parse("docker").expect("kind"),
+                spec: WorkspaceSpec {
+                    command: vec!["sh".into(), "-c".into(), "exec sleep 3600".into()],
+                    image: Some(fx.image.clone()),
+                    ..Default::default()
+                },
+                actor: Actor::Api,
+            })
+            .await
+            .expect("create");
+        let _start = engine.start(&ws.id, Actor::Api).await.expect("start");
+        // Let the create reach dockerd on some rounds, not on others.
+        tokio::time::sleep(Duration::from_millis(5 * (i % 4))).await;
+        let op = engine
+            .delete(&ws.id, true, Actor::Api)
+            .await
+            .expect("delete")
+            .wait()
+            .await
+            .expect("op");
+        if op.status != OpStatus::Succeeded {
+            failures.push(format!("{op:?}"));
+        }
+    }
+    // Long enough for dockerd to finish anything it was still doing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (volumes, containers) = leftovers();
+    for v in volumes.lines() {
+        docker(&["volume", "rm", "-f", v]);
+    }
+    for c in containers.lines() {
+        docker(&["rm", "-f", c]);
+    }
+    assert!(failures.is_empty(), "deletes failed: {failures:#?}");
+    assert!(
+        volumes.trim().is_empty() && containers.trim().is_empty(),
+        "left behind: volumes {volumes:?}, containers {containers:?}"
+    );
+    engine.shutdown().await;
+}

@@ -284,11 +284,34 @@ impl Engine {
                 None => std::future::pending().await,
             }
         };
+        let work = tokio::time::timeout_at(x.deadline, work);
+        tokio::pin!(work);
         tokio::select! {
             biased;
             () = self.inner.ops_token.cancelled() => Err(Failure::Interrupted),
-            () = preempted => Err(Failure::Cancelled),
-            r = tokio::time::timeout_at(x.deadline, work) => match r {
+            () = preempted => {
+                // The runtime may already be carrying the call out (a container create
+                // that dockerd finishes whether or not anyone still waits): let it end
+                // within half of the preemptor's remaining budget, so what it creates
+                // exists, and is removed by the cleanup, before the preemptor goes on.
+                // Dropping it instead leaves a resource made after the cleanup looked.
+                let budget = x
+                    .gate
+                    .read()
+                    .slot
+                    .in_flight
+                    .as_ref()
+                    .and_then(|p| p.deadline)
+                    .unwrap_or(x.deadline);
+                let now = Instant::now();
+                let until = now + budget.saturating_duration_since(now) / 2;
+                tokio::select! {
+                    biased;
+                    () = self.inner.ops_token.cancelled() => Err(Failure::Interrupted),
+                    _ = tokio::time::timeout_at(until, &mut work) => Err(Failure::Cancelled),
+                }
+            }
+            r = &mut work => match r {
                 Ok(r) => r,
                 Err(_) => Err(Failure::TimedOut {
                     resources: vec![format!(

@@ -84,6 +84,10 @@ pub enum Plan {
     SucceedThenHang,
     /// Panic (a bug in a runtime adapter), doing nothing.
     Panic,
+    /// `launch` only: the call is handed to the runtime's own daemon, which carries it
+    /// out after this delay whether or not the caller still waits (as dockerd finishes
+    /// a container create whose HTTP client went away).
+    Detached(Duration),
 }
 
 /// A process the fake runs.
@@ -137,7 +141,7 @@ struct World {
 pub struct FakeRuntime {
     kind: RuntimeKind,
     clock: Arc<dyn Clock>,
-    world: parking_lot::Mutex<World>,
+    world: Arc<parking_lot::Mutex<World>>,
     plans: parking_lot::Mutex<HashMap<FakeCall, VecDeque<Plan>>>,
     delays: parking_lot::Mutex<HashMap<FakeCall, Duration>>,
     breakpoints: Breakpoints,
@@ -160,7 +164,7 @@ impl FakeRuntime {
         Self {
             kind,
             clock,
-            world: parking_lot::Mutex::default(),
+            world: Arc::default(),
             plans: parking_lot::Mutex::default(),
             delays: parking_lot::Mutex::default(),
             breakpoints: Breakpoints::default(),
@@ -360,6 +364,67 @@ fn program(command: &[String]) -> (ProcessStatus, Vec<String>) {
     }
 }
 
+/// The work of a main launch: adopt this incarnation's process, refuse a name in use,
+/// or create the process.
+fn create_main(
+    world: &parking_lot::Mutex<World>,
+    clock: &dyn Clock,
+    request: &LaunchRequest,
+) -> Result<(), RuntimeError> {
+    let r = &request.resource;
+    {
+        let mut world = world.lock();
+        if world.foreign.contains(&r.workspace_id) {
+            return Err(RuntimeError::Conflict {
+                resource: FakeRuntime::name_of(&r.workspace_id),
+                reason: ConflictReason::Foreign,
+                message: "name held by a resource that is not ours".into(),
+            });
+        }
+        let existing = world
+            .procs
+            .iter()
+            .find(|p| p.workspace_id == r.workspace_id && p.kind == ResourceKind::Main);
+        match existing {
+            Some(p)
+                if p.incarnation == r.incarnation
+                    && p.engine_id == r.engine_id
+                    && p.status == ProcessStatus::Running =>
+            {
+                // Idempotent: adopt.
+            }
+            Some(_) => {
+                return Err(RuntimeError::Conflict {
+                    resource: FakeRuntime::name_of(&r.workspace_id),
+                    reason: ConflictReason::NameInUse,
+                    message: "name already in use".into(),
+                });
+            }
+            None => {
+                let (status, output) = program(&request.spec.command);
+                world.procs.push(FakeProcess {
+                    engine_id: r.engine_id.clone(),
+                    workspace_id: r.workspace_id.clone(),
+                    incarnation: r.incarnation,
+                    kind: ResourceKind::Main,
+                    created_at: clock.now(),
+                    status,
+                    output,
+                    env: request.env.clone(),
+                });
+                let at = clock.now();
+                world.launches.push(LaunchRecord {
+                    workspace_id: r.workspace_id.clone(),
+                    incarnation: r.incarnation,
+                    env: request.env.clone(),
+                    at,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn owned(p: &FakeProcess) -> OwnedResource {
     OwnedResource {
         workspace_id: p.workspace_id.clone(),
@@ -410,56 +475,26 @@ impl ProcessRuntime for FakeRuntime {
     async fn launch(&self, request: &LaunchRequest) -> Result<(), RuntimeError> {
         let r = &request.resource;
         let plan = self.enter(FakeCall::Launch, &r.workspace_id).await?;
-        {
-            let mut world = self.world.lock();
-            if world.foreign.contains(&r.workspace_id) {
-                return Err(RuntimeError::Conflict {
-                    resource: Self::name_of(&r.workspace_id),
-                    reason: ConflictReason::Foreign,
-                    message: "name held by a resource that is not ours".into(),
-                });
-            }
-            let existing = world
-                .procs
-                .iter()
-                .find(|p| p.workspace_id == r.workspace_id && p.kind == ResourceKind::Main);
-            match existing {
-                Some(p)
-                    if p.incarnation == r.incarnation
-                        && p.engine_id == r.engine_id
-                        && p.status == ProcessStatus::Running =>
-                {
-                    // Idempotent: adopt.
-                }
-                Some(_) => {
-                    return Err(RuntimeError::Conflict {
-                        resource: Self::name_of(&r.workspace_id),
-                        reason: ConflictReason::NameInUse,
-                        message: "name already in use".into(),
-                    });
-                }
-                None => {
-                    let (status, output) = program(&request.spec.command);
-                    world.procs.push(FakeProcess {
-                        engine_id: r.engine_id.clone(),
-                        workspace_id: r.workspace_id.clone(),
-                        incarnation: r.incarnation,
-                        kind: ResourceKind::Main,
-                        created_at: self.clock.now(),
-                        status,
-                        output,
-                        env: request.env.clone(),
-                    });
-                    let at = self.clock.now();
-                    world.launches.push(LaunchRecord {
-                        workspace_id: r.workspace_id.clone(),
-                        incarnation: r.incarnation,
-                        env: request.env.clone(),
-                        at,
-                    });
-                }
-            }
+        if let Some(Plan::Detached(after)) = plan {
+            let (world, clock, request) = (
+                Arc::clone(&self.world),
+                Arc::clone(&self.clock),
+                request.clone(),
+            );
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // The runtime's own daemon, not an engine task: it outlives the caller.
+            #[allow(clippy::disallowed_methods)]
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(create_main(&world, clock.as_ref(), &request));
+            });
+            return rx.await.unwrap_or_else(|_| {
+                Err(RuntimeError::Unavailable {
+                    message: "the fake runtime's daemon went away".into(),
+                })
+            });
         }
+        create_main(&self.world, self.clock.as_ref(), request)?;
         self.breakpoints.hit("launch.created").await;
         self.breakpoints
             .hit(&format!("launch.created:{}", r.workspace_id))

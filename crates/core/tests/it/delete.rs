@@ -288,3 +288,41 @@ async fn a_workspace_never_started_is_deleted_without_force_or_a_stop() {
     assert!(rig.engine.workspace(&ws.id).await.is_err());
     rig.finish().await;
 }
+
+/// Issue 11, item 1: a forced delete preempts a start whose launch the runtime is
+/// already carrying out (dockerd finishes a container create whether or not its
+/// client still waits). The delete waits for that launch, within half its budget,
+/// and removes what it made: once the runtime is done, nothing of the workspace is
+/// left. Dropping the launch instead let it create its process after the delete
+/// looked.
+#[tokio::test(start_paused = true)]
+async fn a_delete_preempting_a_launch_the_runtime_already_carries_out_leaves_nothing() {
+    let rig = Rig::new().await;
+    let ws = rig.create("a").await;
+    rig.rt
+        .plan(FakeCall::Launch, Plan::Detached(Duration::from_secs(2)));
+    let start = rig.engine.start(&ws.id, Actor::Api).await.unwrap();
+    berth_core::testkit::wait_until("the launch to be sent", Duration::from_secs(1), || async {
+        rig.rt.calls(FakeCall::Launch) == 1
+    })
+    .await;
+    let began = Instant::now();
+    let delete = rig.engine.delete(&ws.id, true, Actor::Api).await.unwrap();
+    let op = delete.wait().await.unwrap();
+    assert_eq!(op.status, OpStatus::Succeeded, "{op:?}");
+    assert!(
+        began.elapsed() <= config().stop_ceiling,
+        "one ceiling bounds the delete"
+    );
+    assert_eq!(start.wait().await.unwrap().status, OpStatus::Cancelled);
+    // Long after the runtime finished everything it was asked to do.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let left: Vec<_> = rig
+        .rt
+        .processes()
+        .into_iter()
+        .filter(|p| p.workspace_id == ws.id)
+        .collect();
+    assert!(left.is_empty(), "the delete left {left:?}");
+    rig.finish().await;
+}
