@@ -47,6 +47,10 @@ pub struct Created {
 struct StoredCreate {
     workspace_id: WorkspaceId,
     op_id: Option<OpId>,
+    /// The workspace as the first answer gave it, replayed once it is deleted (records
+    /// written before this field existed lack it).
+    #[serde(default)]
+    created: Option<Workspace>,
 }
 
 impl Engine {
@@ -134,17 +138,32 @@ impl Engine {
             let stored: StoredCreate = serde_json::from_str(&result).map_err(|e| {
                 EngineError::Internal(format!("idempotency record of {:?}: {e}", key.key))
             })?;
-            let workspace = self
-                .read_snapshot(&stored.workspace_id)
-                .await?
-                .ok_or_else(|| EngineError::NotFound {
-                    what: format!(
-                        "workspace {} (created with this key, since deleted)",
-                        stored.workspace_id
-                    ),
-                })?;
+            // The workspace as it is now; once deleted, the first answer as recorded
+            // (the same ids; a read of it then says `not_found`).
+            let workspace = match self.read_snapshot(&stored.workspace_id).await? {
+                Some(now) => now,
+                None => match stored.created {
+                    Some(created) => Snapshot {
+                        workspace: created,
+                        pending: Default::default(),
+                    },
+                    None => {
+                        return Err(EngineError::NotFound {
+                            what: format!(
+                                "workspace {} (created with this key, since deleted)",
+                                stored.workspace_id
+                            ),
+                        });
+                    }
+                },
+            };
             let operation = match &stored.op_id {
-                Some(id) => Some(self.op_record(id).await?),
+                Some(id) => match self.op_record(id).await {
+                    Ok(op) => Some(op),
+                    // Deleted with its workspace.
+                    Err(EngineError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                },
                 None => None,
             };
             return Ok(Created {
@@ -179,6 +198,7 @@ impl Engine {
                     Some(Ok(t)) => Some(t.op_id().clone()),
                     _ => None,
                 },
+                created: Some(ws.clone()),
             };
             let text = serde_json::to_string(&stored)
                 .map_err(|e| EngineError::Internal(format!("idempotency record: {e}")))?;

@@ -88,10 +88,23 @@ impl Engine {
                 if st.gone {
                     return Some(None);
                 }
-                if st.row.is_some() || st.writing > 0 || st.writes != writes {
+                if let Some(row) = &st.row {
+                    // A write finished meanwhile and left its row: the newest.
+                    return Some(Some(Snapshot {
+                        workspace: row.clone(),
+                        pending: st.slot.pending(),
+                    }));
+                }
+                if st.writing == 0 && st.writes == writes {
+                    // No write raced the read: the gate may keep the row.
+                    st.row.clone_from(&fetched);
+                } else if fetched.is_none() {
+                    // A write is deciding whether the workspace exists: read again.
                     return None;
                 }
-                st.row.clone_from(&fetched);
+                // A write in progress (perhaps waiting for a lock held elsewhere) or
+                // one that ended without a row: the committed row answers, uncached.
+                // Reads never wait for a write.
                 Some(fetched.map(|workspace| Snapshot {
                     workspace,
                     pending: st.slot.pending(),
@@ -105,6 +118,7 @@ impl Engine {
                 }
                 return Ok(answer);
             }
+            tokio::task::yield_now().await;
         }
     }
 

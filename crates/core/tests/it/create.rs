@@ -139,6 +139,37 @@ async fn an_idempotency_key_replays_the_first_create() {
     rig.finish().await;
 }
 
+/// Issue 11, item 6: replaying a key whose workspace was since deleted gives the first
+/// answer again (same ids, the workspace as first created), never a 404 on the create
+/// and never a second workspace.
+#[tokio::test(start_paused = true)]
+async fn a_key_whose_workspace_was_deleted_replays_the_first_answer_and_creates_nothing() {
+    let rig = Rig::new().await;
+    let key = || {
+        Some(IdempotencyKey {
+            key: "k-gone".into(),
+            request_hash: "h".into(),
+        })
+    };
+    let first = rig
+        .engine
+        .create_workspace(request("a", "fake", WorkspaceSpec::default()), false, key())
+        .await
+        .unwrap();
+    let id = first.workspace.workspace.id.clone();
+    assert_eq!(rig.remove(&id, false).await.status, OpStatus::Succeeded);
+    let again = rig
+        .engine
+        .create_workspace(request("a", "fake", WorkspaceSpec::default()), false, key())
+        .await
+        .expect("a replay of a deleted workspace's create answers, as the first time");
+    assert!(again.replayed);
+    assert_eq!(again.workspace.workspace, first.workspace.workspace);
+    assert!(rig.store.all_workspaces().is_empty(), "nothing was created");
+    assert!(rig.engine.workspace(&id).await.is_err());
+    rig.finish().await;
+}
+
 /// The store's fencing hook: once the store knows a newer epoch for a workspace, this
 /// engine's writes of it are refused and nothing of it changes.
 #[tokio::test(start_paused = true)]
