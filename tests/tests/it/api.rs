@@ -292,6 +292,24 @@ async fn an_idempotency_key_returns_the_first_result_and_refuses_another_body() 
     assert_eq!(v["error"]["code"], "idempotency_conflict");
     let (_, list) = d.get("/v1/workspaces").await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    // Issue 11, item 6: once the workspace is deleted, the key still replays the first
+    // answer (201, same ids), never a 404 on a create, and creates nothing.
+    let id = a["workspace"]["id"].as_str().expect("id").to_owned();
+    let (s, v) = d.delete(&format!("/v1/workspaces/{id}?force=true")).await;
+    assert_eq!(s, 200, "{v}");
+    let replay = send("key-1", body).await.expect("replay");
+    assert_eq!(replay.status().as_u16(), 201);
+    assert_eq!(
+        replay
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let replay: Value = replay.json().await.expect("json");
+    assert_eq!(replay["workspace"]["id"], a["workspace"]["id"], "{replay}");
+    let (_, list) = d.get("/v1/workspaces").await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

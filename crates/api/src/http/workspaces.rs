@@ -110,7 +110,14 @@ pub async fn create_workspace(
         workspace: WorkspaceView::from(&created.workspace),
         operation: created.operation.as_ref().map(OperationView::from),
     };
-    Ok((StatusCode::CREATED, Json(response)).into_response())
+    let mut answer = (StatusCode::CREATED, Json(response)).into_response();
+    if created.replayed {
+        answer.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(answer)
 }
 
 /// Lists workspaces by creation.
