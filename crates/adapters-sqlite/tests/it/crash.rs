@@ -92,7 +92,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_moments() {
             assert_eq!(
                 &serde_json::to_string(&op.status).unwrap(),
                 status,
-                "round {round}: op {id} changed after its acknowledgement"
+                "round {round}: op {id} changed after its acknowledgement: {op:?}"
             );
         }
         for id in &created {

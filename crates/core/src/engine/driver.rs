@@ -28,12 +28,15 @@ impl Engine {
 
     async fn drive(&self, gate: Arc<Gate>) {
         loop {
-            let current = gate
-                .read()
-                .slot
-                .in_flight
-                .as_ref()
-                .map(|p| (p.op.clone(), p.cancel.clone(), p.deadline, p.preflighted));
+            // Nothing in flight: this driver leaves, and says so in the same update, so
+            // a request that finds the gate idle from here on spawns the next driver.
+            let current = gate.update(|st| match st.slot.in_flight.as_ref() {
+                Some(p) => Some((p.op.clone(), p.cancel.clone(), p.deadline, p.preflighted)),
+                None => {
+                    st.driving = false;
+                    None
+                }
+            });
             let Some((op, cancel, deadline, preflighted)) = current else {
                 return;
             };

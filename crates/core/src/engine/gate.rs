@@ -150,6 +150,11 @@ pub(crate) struct GateState {
     /// True once a stop removed every session and none was launched since: the next
     /// stop can skip reading the session rows. False (unknown) on a fresh gate.
     pub(crate) no_sessions: bool,
+    /// A driver is running for this gate. Set when an op is put in flight on an idle
+    /// gate, cleared by the driver in the same state update in which it finds nothing
+    /// in flight: so exactly one driver runs a gate's ops, and an op is never run
+    /// twice (a driver about to leave and a driver spawned for a new request).
+    pub(crate) driving: bool,
 }
 
 #[derive(Debug)]

@@ -369,9 +369,13 @@ impl Engine {
             op_id: op.id.clone(),
             rx: pending.done.subscribe(),
         };
+        let mut spawn = false;
         let replaced = gate.update(|st| match decision {
             Decision::Run => {
                 st.slot.in_flight = Some(pending);
+                // A driver still looping (it just finished the previous op) runs this
+                // one; only an idle gate gets a new driver.
+                spawn = !std::mem::replace(&mut st.driving, true);
                 None
             }
             Decision::Queue => {
@@ -388,8 +392,11 @@ impl Engine {
             }
             _ => st.slot.queued.replace(pending),
         });
-        if runs && !self.spawn_driver(gate.clone()) {
-            let p = gate.update(|st| st.slot.in_flight.take());
+        if spawn && !self.spawn_driver(gate.clone()) {
+            let p = gate.update(|st| {
+                st.driving = false;
+                st.slot.in_flight.take()
+            });
             if let Some(p) = p {
                 let e = OpError::new(ErrorCode::ShuttingDown, "the engine is shutting down");
                 self.finish_unrun(gate, p, OpStatus::Failed, None, Some(e))

@@ -664,3 +664,58 @@ async fn a_panic_in_an_op_fails_that_op_and_the_workspace_keeps_working() {
     );
     rig.finish().await;
 }
+
+/// Each op runs exactly once. A driver that had just finished an op and was about to
+/// look for the next one, and a new driver spawned for a request that found the gate
+/// idle in that moment, both ran the new op: the second run overwrote the op's record
+/// after its caller had its answer (a restart stored `cancelled` and left the
+/// workspace stopped; a delete stored `failed: not found`). Found by the SQLite crash
+/// test on a loaded machine. Requests here follow each other at once, on two threads;
+/// every answer must be the stored record, and the runtime must have seen each op's
+/// calls once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_runs_once_when_requests_follow_each_other_at_once() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    let mut answers = Vec::new();
+    for i in 0..1500 {
+        let kind = if i % 2 == 0 {
+            OpKind::Restart
+        } else {
+            OpKind::Start
+        };
+        let op = rig
+            .engine
+            .request(&ws.id, kind, Actor::Api, false)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(op.status, OpStatus::Succeeded, "{op:?}");
+        answers.push(op);
+    }
+    let stored: std::collections::HashMap<_, _> = rig
+        .store
+        .all_ops()
+        .into_iter()
+        .map(|o| (o.id.clone(), o))
+        .collect();
+    for op in &answers {
+        assert_eq!(
+            stored.get(&op.id).map(|o| o.status),
+            Some(op.status),
+            "op {} answered {:?} but stored {:?}",
+            op.id,
+            op.status,
+            stored.get(&op.id)
+        );
+    }
+    assert_eq!(rig.state(&ws).await, State::Running);
+    assert_eq!(
+        rig.rt.launches().len(),
+        1 + 750,
+        "one launch per restart, none for a start of a running workspace"
+    );
+    rig.finish().await;
+}
