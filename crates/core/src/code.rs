@@ -55,6 +55,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 503: the runtime cannot be reached.
     RuntimeUnavailable,
+    /// 503: the store cannot write now (a full disk, an I/O error, a lock held past
+    /// its deadline); nothing was changed that could not be recorded.
+    StoreUnavailable,
     /// 503: the daemon is still running boot recovery.
     NotReady,
     /// 503: the request ran past the daemon's request timeout.
@@ -69,7 +72,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables, documents and exhaustive tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -90,6 +93,7 @@ impl ErrorCode {
         ErrorCode::RuntimeError,
         ErrorCode::ShuttingDown,
         ErrorCode::RuntimeUnavailable,
+        ErrorCode::StoreUnavailable,
         ErrorCode::NotReady,
         ErrorCode::RequestTimeout,
         ErrorCode::Interrupted,
@@ -120,6 +124,7 @@ impl ErrorCode {
             ErrorCode::RuntimeError => 502,
             ErrorCode::ShuttingDown
             | ErrorCode::RuntimeUnavailable
+            | ErrorCode::StoreUnavailable
             | ErrorCode::NotReady
             | ErrorCode::RequestTimeout
             | ErrorCode::Interrupted => 503,
@@ -131,9 +136,10 @@ impl ErrorCode {
     pub fn retry_after_secs(self) -> Option<u32> {
         match self {
             ErrorCode::NotReady => Some(1),
-            ErrorCode::ShuttingDown | ErrorCode::RuntimeUnavailable | ErrorCode::Interrupted => {
-                Some(5)
-            }
+            ErrorCode::ShuttingDown
+            | ErrorCode::RuntimeUnavailable
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::Interrupted => Some(5),
             _ => None,
         }
     }
@@ -161,6 +167,7 @@ impl ErrorCode {
             ErrorCode::RuntimeError => "runtime_error",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::RuntimeUnavailable => "runtime_unavailable",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Interrupted => "interrupted",

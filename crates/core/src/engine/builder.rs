@@ -85,12 +85,15 @@ impl EngineBuilder {
             .reporter
             .ok_or_else(|| EngineError::Internal("engine builder needs a reporter".into()))?;
         let engine_id = store.init_engine_id(&EngineId::generate()).await?;
+        let runtimes: HashMap<RuntimeKind, Arc<dyn ProcessRuntime>> =
+            self.runtimes.into_iter().map(|r| (r.kind(), r)).collect();
+        let health = super::health::HealthBoard::new(runtimes.keys().cloned());
         let inner = Arc::new(Inner {
             engine_id,
             store,
             reporter,
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
-            runtimes: self.runtimes.into_iter().map(|r| (r.kind(), r)).collect(),
+            runtimes,
             config: self.config,
             fence: self.fence,
             gates: Gates::default(),
@@ -102,6 +105,7 @@ impl EngineBuilder {
             shutdown_result: OnceCell::new(),
             recovery: parking_lot::Mutex::new(None),
             idempotency: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            health,
         });
         inner.reporter.start().await;
         let engine = Engine { inner };
@@ -136,4 +140,6 @@ pub(crate) struct Inner {
     pub(crate) recovery: parking_lot::Mutex<Option<RecoveryReport>>,
     /// Serialises creates that carry the same idempotency key (striped by its hash).
     pub(crate) idempotency: [tokio::sync::Mutex<()>; 64],
+    /// Whether each runtime answers.
+    pub(crate) health: super::health::HealthBoard,
 }

@@ -23,6 +23,11 @@ pub struct EngineConfig {
     pub conflict_backoff: Duration,
     /// Value of `BERTH_API_URL` given to workspace processes.
     pub api_url: String,
+    /// Bound on a runtime call no op deadline bounds: the reconciler's listing of a
+    /// runtime. A runtime that does not answer within it is reported degraded.
+    pub runtime_call_timeout: Duration,
+    /// How many transitional workspaces boot recovery finishes at once.
+    pub recovery_concurrency: usize,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +42,8 @@ impl Default for EngineConfig {
             final_flush_timeout: Duration::from_secs(5),
             conflict_backoff: Duration::from_millis(100),
             api_url: "http://127.0.0.1:7421".to_owned(),
+            runtime_call_timeout: Duration::from_secs(5),
+            recovery_concurrency: 64,
         }
     }
 }

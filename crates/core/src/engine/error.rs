@@ -115,6 +115,7 @@ impl EngineError {
             EngineError::Runtime(e) => runtime_code(e),
             EngineError::Store(StoreError::NameTaken { .. }) => ErrorCode::NameTaken,
             EngineError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
+            EngineError::Store(StoreError::Unavailable { .. }) => ErrorCode::StoreUnavailable,
             EngineError::Store(_) | EngineError::Internal(_) => ErrorCode::Internal,
         }
     }

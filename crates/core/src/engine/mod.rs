@@ -22,6 +22,7 @@ mod driver;
 mod effects;
 mod error;
 mod gate;
+mod health;
 mod intake;
 mod launch;
 mod ops;
@@ -45,6 +46,7 @@ pub(crate) use builder::Inner;
 pub use config::EngineConfig;
 pub use error::{EngineError, runtime_code};
 pub use gate::PendingView;
+pub use health::{RuntimeHealth, RuntimeState};
 pub use intake::{Created, IdempotencyKey};
 pub use queries::{ListQuery, Page, Snapshot};
 pub use reconcile::ReconcileReport;
@@ -141,6 +143,11 @@ impl Engine {
     /// What boot recovery did.
     pub fn recovery_report(&self) -> Option<RecoveryReport> {
         self.inner.recovery.lock().clone()
+    }
+
+    /// Whether each runtime answers, as the last reconcile listing found it.
+    pub fn runtime_health(&self) -> Vec<RuntimeHealth> {
+        self.inner.health.all()
     }
 
     /// The reporter's queue figures (for metrics).

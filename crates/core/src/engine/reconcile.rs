@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ids::WorkspaceId;
+use crate::ids::{RuntimeKind, WorkspaceId};
 use crate::model::{Actor, Cause, LastError, SessionState, Workspace};
 use crate::ports::{
     OwnedResource, ProcessStatus, ResourceKind, ResourceRef, SessionRef, Step, WorkspaceQuery,
@@ -42,6 +42,20 @@ pub struct ReconcileReport {
     pub transitional_finished: usize,
 }
 
+impl ReconcileReport {
+    /// Adds another part's counts to these.
+    pub fn add(&mut self, other: &ReconcileReport) {
+        self.missing += other.missing;
+        self.exited += other.exited;
+        self.orphans_removed += other.orphans_removed;
+        self.orphans_kept += other.orphans_kept;
+        self.sessions_pruned += other.sessions_pruned;
+        self.skipped_busy += other.skipped_busy;
+        self.listing_failures += other.listing_failures;
+        self.transitional_finished += other.transitional_finished;
+    }
+}
+
 impl Engine {
     pub(crate) async fn all_workspaces(&self) -> Result<Vec<Workspace>, EngineError> {
         let mut out = Vec::new();
@@ -64,9 +78,24 @@ impl Engine {
         }
     }
 
-    /// One reconcile pass over every runtime. Reports a `ReconcilePass` when it ends.
+    /// One reconcile pass over every runtime, the runtimes concurrently: a runtime
+    /// that is slow or does not answer delays only its own part.
     pub(crate) async fn reconcile_once(&self) -> ReconcileReport {
-        let report = self.reconcile_pass().await;
+        let passes = self
+            .inner
+            .runtimes
+            .keys()
+            .map(|kind| self.reconcile_runtime_once(kind));
+        let mut report = ReconcileReport::default();
+        for part in futures_util::future::join_all(passes).await {
+            report.add(&part);
+        }
+        report
+    }
+
+    /// One reconcile pass over one runtime. Reports a `ReconcilePass` when it ends.
+    pub(crate) async fn reconcile_runtime_once(&self, kind: &RuntimeKind) -> ReconcileReport {
+        let report = self.reconcile_runtime(kind).await;
         self.inner
             .reporter
             .report(crate::ports::Report::ReconcilePass {
@@ -76,22 +105,32 @@ impl Engine {
         report
     }
 
-    async fn reconcile_pass(&self) -> ReconcileReport {
+    async fn reconcile_runtime(&self, kind: &RuntimeKind) -> ReconcileReport {
         let mut report = ReconcileReport::default();
+        let Some(rt) = self.inner.runtimes.get(kind) else {
+            return report;
+        };
         let epochs = self.inner.gates.epochs();
-        let mut listings = HashMap::new();
-        for (kind, rt) in &self.inner.runtimes {
-            match rt.list_owned(&self.inner.engine_id).await {
-                Ok(list) => {
-                    listings.insert(kind.clone(), list);
-                }
-                Err(e) => {
-                    report.listing_failures += 1;
-                    tracing::warn!(runtime = %kind, error = %e, "listing failed; reconcile changes nothing for this runtime");
-                }
+        let bound = self.inner.config.runtime_call_timeout;
+        let listed = match tokio::time::timeout(bound, rt.list_owned(&self.inner.engine_id)).await {
+            Ok(Ok(list)) => Ok(list),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("listing did not answer within {bound:?}")),
+        };
+        let now = self.inner.clock.now();
+        let list = match listed {
+            Ok(list) => {
+                self.inner.health.record(kind, now, Ok(()));
+                list
             }
-        }
-        let workspaces = match self.all_workspaces().await {
+            Err(why) => {
+                self.inner.health.record(kind, now, Err(why.clone()));
+                report.listing_failures += 1;
+                tracing::warn!(runtime = %kind, error = %why, "listing failed; reconcile changes nothing for this runtime");
+                return report;
+            }
+        };
+        let workspaces = match self.workspaces_of(kind).await {
             Ok(ws) => ws,
             Err(e) => {
                 tracing::warn!(error = %e, "reconcile could not read the store");
@@ -99,37 +138,53 @@ impl Engine {
             }
         };
         let by_id: HashMap<_, _> = workspaces.iter().map(|w| (w.id.clone(), w)).collect();
-        for (kind, list) in listings {
-            let mut per_ws: HashMap<WorkspaceId, Vec<OwnedResource>> = HashMap::new();
-            for r in list {
-                per_ws.entry(r.workspace_id.clone()).or_default().push(r);
-            }
-            // Workspaces of this runtime, with or without resources.
-            let mut ids: HashSet<WorkspaceId> = per_ws.keys().cloned().collect();
-            ids.extend(
-                workspaces
-                    .iter()
-                    .filter(|w| w.runtime == kind)
-                    .map(|w| w.id.clone()),
-            );
-            for id in ids {
-                let resources = per_ws.remove(&id).unwrap_or_default();
-                match by_id.get(&id) {
-                    Some(ws) if ws.runtime == kind => {
-                        let before = epochs.get(&id).copied().unwrap_or(0);
-                        self.reconcile_workspace(ws, resources, before, &mut report)
-                            .await;
-                    }
-                    // No row (or another runtime's row): every resource is an orphan.
-                    _ => {
-                        for r in resources {
-                            self.remove_orphan(&kind, &r, None, &mut report).await;
-                        }
+        let mut per_ws: HashMap<WorkspaceId, Vec<OwnedResource>> = HashMap::new();
+        for r in list {
+            per_ws.entry(r.workspace_id.clone()).or_default().push(r);
+        }
+        // Workspaces of this runtime, with or without resources.
+        let mut ids: HashSet<WorkspaceId> = per_ws.keys().cloned().collect();
+        ids.extend(by_id.keys().cloned());
+        for id in ids {
+            let resources = per_ws.remove(&id).unwrap_or_default();
+            match by_id.get(&id) {
+                Some(ws) => {
+                    let before = epochs.get(&id).copied().unwrap_or(0);
+                    self.reconcile_workspace(ws, resources, before, &mut report)
+                        .await;
+                }
+                // No row (or another runtime's row): every resource is an orphan.
+                None => {
+                    for r in resources {
+                        self.remove_orphan(kind, &r, None, &mut report).await;
                     }
                 }
             }
         }
         report
+    }
+
+    /// Every workspace of one runtime, read page by page.
+    async fn workspaces_of(&self, kind: &RuntimeKind) -> Result<Vec<Workspace>, EngineError> {
+        let mut out = Vec::new();
+        let mut after: Option<WorkspaceId> = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .list_workspaces(&WorkspaceQuery {
+                    after: after.clone(),
+                    limit: 1000,
+                    runtime: Some(kind.clone()),
+                    ..WorkspaceQuery::default()
+                })
+                .await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
     }
 
     async fn reconcile_workspace(
@@ -359,43 +414,47 @@ impl Engine {
     /// runtime that has an event stream; a wake-up from either runs a pass (bursts
     /// coalesce into one).
     pub(crate) fn spawn_background(&self) {
-        let wake = crate::ports::EventWake::new();
-        for rt in self.inner.runtimes.values() {
-            let (rt, engine_id, token, notify) = (
+        let mut wakes = HashMap::new();
+        for (kind, rt) in &self.inner.runtimes {
+            let wake = crate::ports::EventWake::new();
+            wakes.insert(kind.clone(), wake.clone());
+            let (rt, engine_id, token) = (
                 rt.clone(),
                 self.inner.engine_id.clone(),
                 self.inner.loops_token.clone(),
-                wake.clone(),
             );
             self.spawn(async move {
-                rt.watch_events(&engine_id, &token, &notify).await;
+                rt.watch_events(&engine_id, &token, &wake).await;
             });
         }
+        // One loop per runtime, so a runtime that does not answer never holds back
+        // another's pass; a runtime's events wake its own loop.
         let period = self.inner.config.reconcile_period;
-        let engine = self.clone();
-        let token = self.inner.loops_token.clone();
-        self.spawn(async move {
-            loop {
-                let tick = async {
-                    match period {
-                        Some(p) => tokio::time::sleep(p).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tick => {}
-                    () = wake.woken() => {}
-                }
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    report = engine.reconcile_once() => {
-                        if report.listing_failures > 0 {
-                            tracing::warn!(?report, "reconcile pass could not list every runtime");
+        for (kind, wake) in wakes {
+            let (engine, token) = (self.clone(), self.inner.loops_token.clone());
+            self.spawn(async move {
+                // The first pass at once: boot recovery left it to the loops.
+                let mut first = period.is_some();
+                loop {
+                    let tick = async {
+                        match period {
+                            Some(p) => tokio::time::sleep(p).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    if !std::mem::take(&mut first) {
+                        tokio::select! {
+                            () = token.cancelled() => return,
+                            () = tick => {}
+                            () = wake.woken() => {}
                         }
                     }
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        _ = engine.reconcile_runtime_once(&kind) => {}
+                    }
                 }
-            }
-        });
+            });
+        }
     }
 }

@@ -7,13 +7,16 @@
 //!   nothing), then `Stopped`, or `StopFailed`.
 //! - `deleting`: re-run the effects of `Delete`, then `Deleted`.
 //!
-//! At boot every runtime error is retried with backoff within one stop ceiling, and a
+//! At boot, workspaces are finished concurrently (at most
+//! [`EngineConfig::recovery_concurrency`](super::EngineConfig) at once), and every runtime error is retried with backoff within one stop ceiling, and a
 //! workspace that still cannot be finished ends `failed` with the reason: after boot
 //! recovery no workspace is transitional. In the background (the reconciler, an op
 //! finding a leftover), a `starting` that cannot be inspected and a `deleting` that
 //! cannot be finished are left for the next pass.
 
 use std::time::Duration;
+
+use futures_util::StreamExt as _;
 
 use tokio::time::Instant;
 
@@ -45,7 +48,10 @@ pub struct RecoveryReport {
     pub ops_interrupted: usize,
     /// Workspaces still transitional after recovery; always 0 at boot.
     pub still_transitional: usize,
-    /// The first reconcile pass after recovery.
+    /// The first reconcile pass after recovery, when the engine runs no background
+    /// loop (`reconcile_period: None`). With loops, each runtime's loop runs its first
+    /// pass at once after recovery, beside readiness: a runtime that does not answer
+    /// never delays it.
     pub reconcile: ReconcileReport,
 }
 
@@ -75,7 +81,8 @@ const BOOT_ATTEMPTS: u32 = 4;
 
 impl Engine {
     /// Boot recovery: marks the ops the previous engine left as `interrupted`, finishes
-    /// every transitional workspace, then runs one reconcile pass.
+    /// every transitional workspace, then (without background loops) runs one
+    /// reconcile pass.
     pub(crate) async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         let mut report = RecoveryReport::default();
         for mut op in self.inner.store.unfinished_ops().await? {
@@ -87,13 +94,23 @@ impl Engine {
                 .await;
             report.ops_interrupted += 1;
         }
-        for ws in self.all_workspaces().await? {
-            if !ws.state.is_transitional() {
-                continue;
-            }
-            let gate = self.inner.gates.get(&ws.id);
-            let _exec = gate.exec.lock().await;
-            match self.finish_transitional(&gate, ws, Mode::Boot).await {
+        // Workspaces are independent: finish them concurrently (bounded), so the
+        // outage after a crash is about one stop ceiling, not one per workspace.
+        let transitional: Vec<Workspace> = self
+            .all_workspaces()
+            .await?
+            .into_iter()
+            .filter(|ws| ws.state.is_transitional())
+            .collect();
+        let mut finishing = futures_util::stream::iter(transitional)
+            .map(|ws| async move {
+                let gate = self.inner.gates.get(&ws.id);
+                let _exec = gate.exec.lock().await;
+                self.finish_transitional(&gate, ws, Mode::Boot).await
+            })
+            .buffer_unordered(self.inner.config.recovery_concurrency.max(1));
+        while let Some(finished) = finishing.next().await {
+            match finished {
                 Finished::Adopted => report.adopted += 1,
                 Finished::StartFailed => report.failed_starts += 1,
                 Finished::Stopped => report.stops_finished += 1,
@@ -102,7 +119,10 @@ impl Engine {
                 Finished::Left => report.still_transitional += 1,
             }
         }
-        report.reconcile = self.reconcile_once().await;
+        drop(finishing);
+        if self.inner.config.reconcile_period.is_none() {
+            report.reconcile = self.reconcile_once().await;
+        }
         Ok(report)
     }
 

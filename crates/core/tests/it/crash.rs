@@ -361,3 +361,53 @@ async fn boot_recovery_fails_a_start_it_cannot_inspect_with_the_reason() {
     );
     rig.finish().await;
 }
+
+/// Issue 11, item 4: boot recovery finishes workspaces concurrently. Six workspaces
+/// left `stopping`, whose stops each take 3 s (their grace), recover in about one
+/// grace, not six (tokio's paused clock: the figure is exact, not a timing).
+#[tokio::test(start_paused = true)]
+async fn boot_recovery_finishes_workspaces_concurrently_so_the_outage_is_one_grace() {
+    let mut cfg = config();
+    cfg.drain_deadline = Duration::from_secs(1);
+    let rig = Rig::with(cfg).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(rig.running(&format!("w{i}")).await.id);
+    }
+    for _ in &ids {
+        rig.rt.plan(FakeCall::Stop, Plan::Hang);
+    }
+    let mut tickets = Vec::new();
+    for id in &ids {
+        tickets.push(rig.engine.stop(id, Actor::Api).await.unwrap());
+    }
+    berth_core::testkit::wait_until("every stop to hang", Duration::from_secs(1), || async {
+        rig.rt.calls(FakeCall::Stop) == 6
+    })
+    .await;
+    let report = rig.engine.shutdown().await;
+    assert_eq!(report.interrupted, 6, "{report:?}");
+    drop(tickets);
+    let grace = Duration::from_secs(3);
+    rig.rt.set_delay(FakeCall::Stop, grace);
+    let began = tokio::time::Instant::now();
+    let rig = rig.restart_engine().await;
+    let outage = began.elapsed();
+    let report = rig.engine.recovery_report().unwrap();
+    assert_eq!(
+        (report.stops_finished, report.still_transitional),
+        (6, 0),
+        "{report:?}"
+    );
+    assert!(
+        outage < grace * 2,
+        "recovery took {outage:?} for 6 stops of {grace:?} each: it is serial"
+    );
+    for id in &ids {
+        assert_eq!(
+            rig.engine.workspace(id).await.unwrap().state,
+            State::Stopped
+        );
+    }
+    rig.finish().await;
+}

@@ -8,6 +8,7 @@ mod contracts;
 mod crash;
 mod create;
 mod delete;
+mod faults;
 mod interpreter;
 mod lifecycle;
 mod mocks;

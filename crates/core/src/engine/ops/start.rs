@@ -1,8 +1,8 @@
 //! `start`, and the start phase of `restart`: `Start` (whose commit mints the
 //! incarnation and token), the `Launch` effect bounded by the start ceiling, then
 //! `Launched`, `StartFailed` or `StartCancelled` (whose `RemovePartial` runs after the
-//! commit, bounded by a stop ceiling, or by the deadline of the request that preempted
-//! it).
+//! commit, bounded by one runtime call's bound, or by the deadline of the request that
+//! preempted it).
 
 use tokio::time::Instant;
 
@@ -136,7 +136,9 @@ impl OpRun<'_> {
             Ok(c) => c,
             Err(err) => return PhaseEnd::Failed(err.to_op_error()),
         };
-        // The cleanup of a preempted start spends its preemptor's budget.
+        // The cleanup of a preempted start spends its preemptor's budget. That of a
+        // start that failed or timed out gets one runtime call's bound, so the op ends
+        // within its ceiling plus that; what a slow runtime keeps is the orphan sweep's.
         let deadline = self
             .gate
             .read()
@@ -144,7 +146,7 @@ impl OpRun<'_> {
             .in_flight
             .as_ref()
             .and_then(|p| p.deadline)
-            .unwrap_or_else(|| self.engine.stop_deadline());
+            .unwrap_or_else(|| Instant::now() + self.engine.inner.config.runtime_call_timeout);
         let x = Exec::stopping(
             self.gate,
             Some(&self.op),
