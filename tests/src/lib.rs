@@ -52,11 +52,17 @@ pub struct Daemon {
     child: Option<Child>,
     http: reqwest::Client,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Starts a daemon in a fresh data directory with `extra` serve flags.
     pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(extra, &[]).await
+    }
+
+    /// Starts a daemon with `extra` serve flags and extra environment variables.
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut d = Daemon {
             dir,
@@ -65,6 +71,10 @@ impl Daemon {
             child: None,
             http: reqwest::Client::new(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         d.spawn().await?;
         d.wait_ready().await?;
@@ -86,6 +96,7 @@ impl Daemon {
             .env_remove("BERTH_TOKEN")
             .env_remove("BERTH_URL")
             .env("BERTH_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

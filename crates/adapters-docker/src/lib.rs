@@ -196,7 +196,13 @@ impl DockerRuntime {
     ) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            if let Ok(docker) = self.docker().await {
+            // Connecting can hang on a daemon that accepts and never answers: it must
+            // not hold back shutdown.
+            let connected = tokio::select! {
+                () = cancel.cancelled() => return,
+                connected = self.docker() => connected,
+            };
+            if let Ok(docker) = connected {
                 let filters = HashMap::from([
                     ("type".to_owned(), vec!["container".to_owned()]),
                     (

@@ -29,6 +29,9 @@ use crate::http::{AppState, booting_router, router};
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7421";
 
+/// How long `serve` waits for the Docker daemon's version at start (beside recovery).
+const DOCKER_PROBE: Duration = Duration::from_secs(2);
+
 /// Flags of `berth serve` (each also read from its environment variable).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -378,7 +381,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         default_image: settings.docker_image.clone(),
         ..DockerConfig::default()
     }));
-    let docker_version = docker.version().await;
+    // Probed beside boot recovery, bounded, and never waited for past it: a Docker
+    // daemon that accepts and never answers delays neither readiness nor the tmux
+    // side (the reconciler reports it degraded on /readyz).
+    let docker_probe = {
+        let docker = Arc::clone(&docker);
+        server_tasks.spawn(async move {
+            match tokio::time::timeout(DOCKER_PROBE, docker.version()).await {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("did not answer within {}s", DOCKER_PROBE.as_secs())),
+            }
+        })
+    };
     let hub = Arc::new(EventHub::new());
     let metrics = Arc::new(Metrics::default());
     let sinks: Vec<Arc<dyn ReportSink>> = vec![
@@ -411,6 +425,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
     };
 
+    let docker_version = match tokio::time::timeout(Duration::from_millis(100), docker_probe).await
+    {
+        Ok(Ok(probed)) => probed,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer yet".to_owned()),
+    };
+
     let closing = CancellationToken::new();
     let tracker = TaskTracker::new();
     let start_seq = engine
@@ -439,7 +460,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         println!("berth {} serving", env!("CARGO_PKG_VERSION"));
         let docker_line = match &docker_version {
             Ok(v) => format!("docker ({v})"),
-            Err(e) => format!("docker (unreachable now, retried on each request: {e})"),
+            Err(e) => format!(
+                "docker (unreachable now: {e}; retried by every reconcile pass, see /readyz)"
+            ),
         };
         println!("runtimes: {tmux_line}; {docker_line}");
         println!("data dir: {}", settings.data_dir.display());

@@ -3,6 +3,7 @@
 
 mod api;
 mod docker;
+mod faults;
 mod lifecycle;
 mod quickstart;
 mod shutdown;

@@ -1,6 +1,7 @@
 //! `berth doctor`: checks what berth needs on this machine and says what to fix.
 //! tmux (present and its version), the Docker daemon (reachable, its API version),
-//! the data directory (exists, private) and its token file, and the daemon's port.
+//! the data directory (exists, private) and its token file, the daemon's port, and
+//! the health of the running daemon's runtimes.
 
 #![allow(clippy::print_stdout)]
 
@@ -47,15 +48,54 @@ fn tmux() -> (Level, String) {
     }
 }
 
+/// How long doctor waits for the Docker daemon: a hung daemon is a finding, not a hang.
+const DOCKER_PROBE: Duration = Duration::from_secs(3);
+
 async fn docker() -> (Level, String) {
     let rt = berth_docker::DockerRuntime::new(berth_docker::DockerConfig::default());
-    match rt.version().await {
-        Ok(v) => (Level::Ok, v),
-        Err(e) => (
+    match tokio::time::timeout(DOCKER_PROBE, rt.version()).await {
+        Ok(Ok(v)) => (Level::Ok, v),
+        Ok(Err(e)) => (
             Level::Warn,
             format!("no Docker daemon ({e}); docker workspaces are unavailable"),
         ),
+        Err(_) => (
+            Level::Warn,
+            format!(
+                "the Docker daemon accepts connections but did not answer within {}s (hung?); docker workspaces are degraded, tmux ones are not affected",
+                DOCKER_PROBE.as_secs()
+            ),
+        ),
     }
+}
+
+/// The runtimes' health as the running daemon sees it (`/readyz`, admin token).
+async fn daemon_runtimes(target: &Target) -> Vec<(Level, String, String)> {
+    let Ok(client) = target.connect() else {
+        return Vec::new();
+    };
+    let Ok(ready) = client.get("/readyz").await else {
+        return Vec::new();
+    };
+    let Some(runtimes) = ready["runtimes"].as_object() else {
+        return Vec::new();
+    };
+    runtimes
+        .iter()
+        .map(|(name, h)| {
+            let state = h["state"].as_str().unwrap_or("unknown");
+            let level = if state == "degraded" {
+                Level::Warn
+            } else {
+                Level::Ok
+            };
+            let detail = match h["detail"].as_str() {
+                Some(d) => format!("{state} ({d})"),
+                None => state.to_owned(),
+            };
+            (level, format!("daemon runtime {name}"), detail)
+        })
+        .collect()
 }
 
 fn data_dir(dir: &Path) -> Vec<(Level, String, String)> {
@@ -171,5 +211,10 @@ pub async fn run(target: &Target) -> i32 {
     }
     let (l, d) = daemon(target).await;
     note(l, "daemon", &d);
+    if l == Level::Ok && d.starts_with("a berth daemon answers") {
+        for (l, what, d) in daemon_runtimes(target).await {
+            note(l, &what, &d);
+        }
+    }
     i32::from(worst == Level::Fail)
 }

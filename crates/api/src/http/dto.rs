@@ -407,11 +407,38 @@ pub struct OutputView {
     pub lines: Vec<String>,
 }
 
-/// `/healthz`.
+/// `/healthz` and `/readyz`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Health {
     /// `ok`, or `starting` / `shutting_down` on /readyz.
     pub status: String,
+    /// On a ready `/readyz`: whether each runtime answers. A `degraded` runtime delays
+    /// or fails only its own workspaces' ops; the daemon stays ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtimes: Option<std::collections::BTreeMap<String, RuntimeHealthView>>,
+}
+
+impl Health {
+    /// A status with no runtime detail.
+    pub fn status(status: &str) -> Self {
+        Self {
+            status: status.to_owned(),
+            runtimes: None,
+        }
+    }
+}
+
+/// One runtime's health.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RuntimeHealthView {
+    /// `up`, `degraded`, or `unknown` (not asked yet).
+    pub state: String,
+    /// Since when, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Why it is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `?wait=&timeout=` of op routes.

@@ -144,6 +144,18 @@ impl Metrics {
             "# HELP berth_reconcile_listing_failures_total Runtime listings that failed during reconcile.\n# TYPE berth_reconcile_listing_failures_total counter\nberth_reconcile_listing_failures_total {}",
             self.reconcile_listing_failures.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP berth_runtime_up Whether a runtime's last listing answered (1) or it is degraded (0).\n# TYPE berth_runtime_up gauge"
+        );
+        for h in engine.runtime_health() {
+            let up = match h.state {
+                berth_core::engine::RuntimeState::Up => 1,
+                berth_core::engine::RuntimeState::Degraded => 0,
+                _ => continue,
+            };
+            let _ = writeln!(out, "berth_runtime_up{{runtime=\"{}\"}} {up}", h.runtime);
+        }
         let stats = engine.reporter_stats();
         let _ = writeln!(
             out,
