@@ -32,14 +32,26 @@ pub(crate) fn quote(value: &str) -> String {
 /// that handles SIGTERM gracefully. A caught signal is reset to its default in the
 /// command (exec resets handlers), so the command sees SIGTERM exactly as sent; the
 /// script waits for it, records its status, and exits.
+///
+/// First of all, the script records its process id (the process group's: it leads the
+/// pane's group) with `record`'s marker line in `record`'s file, so berth can find and
+/// end the group even when the tmux server is gone.
 pub(crate) fn script(
     dir: Option<&str>,
     env: &BTreeMap<String, String>,
     argv: &[String],
     exit_file: &str,
+    record: (&str, &str),
 ) -> String {
     let mut s = String::from(
         "#!/bin/sh\n# Written by berth: runs one workspace command. Do not edit.\ntrap : TERM\n",
+    );
+    let (record_file, mark) = record;
+    let _ = writeln!(
+        s,
+        "printf '%s %s\\n' \"$$\" {} > {}",
+        quote(mark),
+        quote(record_file)
     );
     if let Some(dir) = dir {
         let _ = writeln!(s, "cd {} || exit 126", quote(dir));
@@ -88,8 +100,13 @@ mod tests {
             &env,
             &["echo".into(), "a'b".into()],
             "/d/x.exit",
+            ("/d/x.pid", "v1 en-1 ws-1 1 main - 0 5"),
         );
         assert!(text.contains("\ntrap : TERM\n"), "{text}");
+        assert!(
+            text.contains("\nprintf '%s %s\\n' \"$$\" 'v1 en-1 ws-1 1 main - 0 5' > '/d/x.pid'\n"),
+            "{text}"
+        );
         assert!(text.contains("cd '/w' || exit 126\n"));
         assert!(text.contains("export A='x y'\n"));
         assert!(text.contains("\n'echo' 'a'\\''b'\ncode=$?\n"), "{text}");

@@ -180,9 +180,12 @@ fn exact_session(name: &str) -> String {
 }
 
 /// Whether `file` is one of `name`'s launcher files: `<name>-<n>.sh`, `<name>-<n>.exit`,
-/// `<name>-<n>.exit.tmp` or `.<name>-<n>.tmp`, exactly (session `foo` must not match
+/// `<name>-<n>.exit.tmp`, `.<name>-<n>.tmp` or the record `<name>.pid`, exactly (session `foo` must not match
 /// the files of session `foo-bar`).
 fn launcher_of(file: &str, name: &str) -> bool {
+    if file.strip_prefix(name) == Some(".pid") {
+        return true;
+    }
     let file = file.strip_prefix('.').unwrap_or(file);
     let Some(rest) = file.strip_prefix(name).and_then(|r| r.strip_prefix('-')) else {
         return false;
@@ -199,6 +202,45 @@ struct Markers<'a> {
     kind: &'a str,
     session: &'a str,
     generation: u64,
+}
+
+impl Markers<'_> {
+    /// The `@berth` marker text (also the launcher's record line), created now.
+    fn text(&self) -> String {
+        let session = if self.session.is_empty() {
+            "-"
+        } else {
+            self.session
+        };
+        [
+            MARK_VERSION,
+            self.engine.as_str(),
+            self.workspace.as_str(),
+            &self.incarnation.0.to_string(),
+            self.kind,
+            session,
+            &self.generation.to_string(),
+            &chrono::Utc::now().timestamp().to_string(),
+        ]
+        .join(" ")
+    }
+
+    /// The launcher's number: the incarnation of a main, the generation of a session.
+    fn number(&self) -> u64 {
+        if self.kind == "session" {
+            self.generation
+        } else {
+            self.incarnation.0
+        }
+    }
+}
+
+/// A process group a launcher recorded, with its live members (proven ours).
+#[derive(Debug)]
+struct Recorded {
+    /// The record read as a pane (never dead: it has live members).
+    pane: Pane,
+    members: Vec<i32>,
 }
 
 impl TmuxRuntime {
@@ -272,15 +314,24 @@ impl TmuxRuntime {
     async fn write_launcher(
         &self,
         name: &str,
-        incarnation: u64,
+        m: &Markers<'_>,
+        mark: &str,
         dir: Option<&str>,
         env: &std::collections::BTreeMap<String, String>,
         argv: &[String],
     ) -> Result<PathBuf, RuntimeError> {
+        let incarnation = m.number();
         let dir_path = self.config.data_dir.join("launch");
         let path = dir_path.join(format!("{name}-{incarnation}.sh"));
         let exit_file = dir_path.join(format!("{name}-{incarnation}.exit"));
-        let text = launcher::script(dir, env, argv, &exit_file.to_string_lossy());
+        let record = self.record_path(name);
+        let text = launcher::script(
+            dir,
+            env,
+            argv,
+            &exit_file.to_string_lossy(),
+            (&record.to_string_lossy(), mark),
+        );
         let tmp = dir_path.join(format!(".{name}-{incarnation}.tmp"));
         let target = path.clone();
         // One blocking task for the handful of file operations.
@@ -318,28 +369,14 @@ impl TmuxRuntime {
         dir: Option<&str>,
         script: &Path,
         m: &Markers<'_>,
+        mark: &str,
     ) -> Result<(), RuntimeError> {
         let target = exact(name);
-        let incarnation = m.incarnation.to_string();
-        let generation = m.generation.to_string();
-        let created = chrono::Utc::now().timestamp().to_string();
         let script = script.to_string_lossy();
         // Never the user's `dir`: tmux expands `-c` as a format (`#(...)` would run a
         // command). The launcher does `cd` to it, quoted.
         let _ = dir;
         let cwd = self.config.data_dir.to_string_lossy().into_owned();
-        let session = if m.session.is_empty() { "-" } else { m.session };
-        let mark = [
-            MARK_VERSION,
-            m.engine.as_str(),
-            m.workspace.as_str(),
-            &incarnation,
-            m.kind,
-            session,
-            &generation,
-            &created,
-        ]
-        .join(" ");
         // One invocation: keep finished panes (exit codes) before anything can exit,
         // create the session, mark it. tmux stops at the first failing command.
         let mut args: Vec<&str> = vec![
@@ -365,7 +402,7 @@ impl TmuxRuntime {
             "/bin/sh",
             &script,
         ]);
-        args.extend([";", "set-option", "-t", &target, "@berth", &mark]);
+        args.extend([";", "set-option", "-t", &target, "@berth", mark]);
         let out = self.tmux.run(&args, None).await?;
         if out.ok {
             return Ok(());
@@ -493,6 +530,8 @@ impl TmuxRuntime {
             .run(&["kill-session", "-t", &exact_session(&pane.session)], None)
             .await?;
         if out.ok || out.is_gone() {
+            // Its group is ended: the record has nothing left to find.
+            let _ = tokio::fs::remove_file(self.record_path(&pane.session)).await;
             Ok(())
         } else {
             Err(RuntimeError::Other {
@@ -526,6 +565,118 @@ impl TmuxRuntime {
             });
         }
         Ok(Some(pane))
+    }
+
+    /// Stops the recorded group of `resource`'s main process when its tmux session is
+    /// gone, fenced by incarnation as a pane is.
+    async fn stop_recorded_main(
+        &self,
+        resource: &ResourceRef,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let name = main_name(&resource.workspace_id);
+        let Some(found) = self.recorded(&name).await else {
+            return Ok(());
+        };
+        if found.pane.engine != resource.engine_id.as_str() {
+            return Ok(());
+        }
+        if found.pane.incarnation != resource.incarnation.0 {
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::IncarnationMismatch,
+                message: format!(
+                    "carries incarnation {}, not {}",
+                    found.pane.incarnation, resource.incarnation
+                ),
+            });
+        }
+        self.end_recorded(&name, found, grace).await;
+        Ok(())
+    }
+
+    /// Session names with a launcher record but no tmux session in `listed`.
+    async fn unlisted_records(&self, listed: &std::collections::HashSet<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(mut entries) = tokio::fs::read_dir(self.config.data_dir.join("launch")).await else {
+            return out;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let file = entry.file_name();
+            if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".pid"))
+                && !listed.contains(name)
+            {
+                out.push(name.to_owned());
+            }
+        }
+        out
+    }
+
+    /// Where the launcher of session `name` records its process group.
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.config
+            .data_dir
+            .join("launch")
+            .join(format!("{name}.pid"))
+    }
+
+    /// The process group the launcher of session `name` recorded, when it still has
+    /// live members that are provably ours (see [`procs::recorded_group`]). Found from
+    /// the data directory and `/proc` alone: it works when the tmux server is gone.
+    async fn recorded(&self, name: &str) -> Option<Recorded> {
+        let text = tokio::fs::read_to_string(self.record_path(name))
+            .await
+            .ok()?;
+        let (pid, mark) = text.trim_end().split_once(' ')?;
+        let pid: i32 = pid.parse().ok()?;
+        let pane = Pane::parse(&format!("{name}\t{mark}\t0\t\t{pid}\t")).ok()?;
+        if pane.workspace.is_empty() {
+            return None;
+        }
+        let n = if pane.kind == "session" {
+            pane.generation
+        } else {
+            pane.incarnation
+        };
+        let script = self
+            .config
+            .data_dir
+            .join("launch")
+            .join(format!("{name}-{n}.sh"))
+            .to_string_lossy()
+            .into_owned();
+        let entry = format!("BERTH_WORKSPACE_ID={}", pane.workspace);
+        let members =
+            tokio::task::spawn_blocking(move || procs::recorded_group(pid, &script, &entry))
+                .await
+                .ok()?;
+        (!members.is_empty()).then_some(Recorded { pane, members })
+    }
+
+    /// Ends a recorded group whose tmux session is gone: SIGTERM, `grace`, SIGKILL (to
+    /// what it spawned meanwhile too), then forgets the record.
+    async fn end_recorded(&self, name: &str, found: Recorded, grace: Duration) {
+        let pane = found.pane;
+        let n = if pane.kind == "session" {
+            pane.generation
+        } else {
+            pane.incarnation
+        };
+        let script = self
+            .config
+            .data_dir
+            .join("launch")
+            .join(format!("{name}-{n}.sh"))
+            .to_string_lossy()
+            .into_owned();
+        let entry = format!("BERTH_WORKSPACE_ID={}", pane.workspace);
+        let pgid = pane.pid;
+        tracing::info!(session = name, pgid, members = ?found.members, "ending a process group that outlived its tmux session");
+        procs::end(found.members, grace, || {
+            procs::recorded_group(pgid, &script, &entry)
+        })
+        .await;
+        let _ = tokio::fs::remove_file(self.record_path(name)).await;
     }
 
     async fn remove_launchers(&self, name: &str) {
@@ -573,17 +724,25 @@ impl ProcessRuntime for TmuxRuntime {
     async fn launch(&self, request: &LaunchRequest) -> Result<(), RuntimeError> {
         let r = &request.resource;
         let name = main_name(&r.workspace_id);
-        // Create first (one tmux process in the common case); only a taken name is
-        // inspected. Rewriting the launcher is safe: a running shell keeps the old file.
-        let script = self
-            .write_launcher(
-                &name,
-                r.incarnation.0,
-                request.dir.as_deref(),
-                &request.env,
-                &request.spec.command,
-            )
-            .await?;
+        // A group that outlived its tmux session (the server was killed) still holds
+        // the workspace: never a second process beside it.
+        if let Some(found) = self.recorded(&name).await
+            && self.pane(&name).await?.is_none()
+        {
+            if found.pane.engine == r.engine_id.as_str()
+                && found.pane.incarnation == r.incarnation.0
+            {
+                return Ok(());
+            }
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::NameInUse,
+                message: format!(
+                    "incarnation {} still runs (its tmux session is gone)",
+                    found.pane.incarnation
+                ),
+            });
+        }
         let markers = Markers {
             engine: &r.engine_id,
             workspace: &r.workspace_id,
@@ -592,8 +751,21 @@ impl ProcessRuntime for TmuxRuntime {
             session: "",
             generation: 0,
         };
+        let mark = markers.text();
+        // Create first (one tmux process in the common case); only a taken name is
+        // inspected. Rewriting the launcher is safe: a running shell keeps the old file.
+        let script = self
+            .write_launcher(
+                &name,
+                &markers,
+                &mark,
+                request.dir.as_deref(),
+                &request.env,
+                &request.spec.command,
+            )
+            .await?;
         match self
-            .create(&name, request.dir.as_deref(), &script, &markers)
+            .create(&name, request.dir.as_deref(), &script, &markers, &mark)
             .await
         {
             Err(RuntimeError::Conflict {
@@ -630,14 +802,15 @@ impl ProcessRuntime for TmuxRuntime {
     async fn stop(&self, resource: &ResourceRef, grace: Duration) -> Result<(), RuntimeError> {
         match self.fenced_main(resource).await? {
             Some(pane) => self.stop_pane(&pane, grace).await,
-            None => Ok(()),
+            None => self.stop_recorded_main(resource, grace).await,
         }
     }
 
     async fn remove(&self, resource: &ResourceRef) -> Result<(), RuntimeError> {
         let name = main_name(&resource.workspace_id);
-        if let Some(pane) = self.fenced_main(resource).await? {
-            self.stop_pane(&pane, Duration::ZERO).await?;
+        match self.fenced_main(resource).await? {
+            Some(pane) => self.stop_pane(&pane, Duration::ZERO).await?,
+            None => self.stop_recorded_main(resource, Duration::ZERO).await?,
         }
         self.remove_launchers(&name).await;
         Ok(())
@@ -656,7 +829,11 @@ impl ProcessRuntime for TmuxRuntime {
         engine_id: &EngineId,
         workspace_id: &WorkspaceId,
     ) -> Result<Option<OwnedResource>, RuntimeError> {
-        let pane = self.pane(&main_name(workspace_id)).await?;
+        let name = main_name(workspace_id);
+        let pane = match self.pane(&name).await? {
+            Some(pane) => Some(pane),
+            None => self.recorded(&name).await.map(|r| r.pane),
+        };
         Ok(pane
             .filter(|p| p.engine == engine_id.as_str())
             .and_then(|p| p.owned()))
@@ -665,34 +842,44 @@ impl ProcessRuntime for TmuxRuntime {
     async fn list_owned(&self, engine_id: &EngineId) -> Result<Vec<OwnedResource>, RuntimeError> {
         let list = ["list-panes", "-a", "-F", FORMAT];
         let out = self.tmux.run(&list, None).await?;
-        if !out.ok {
+        let mut owned = Vec::new();
+        let mut listed = std::collections::HashSet::new();
+        if out.ok {
+            for line in out.stdout.lines().filter(|l| !l.is_empty()) {
+                let mut pane = Pane::parse(line).map_err(|m| RuntimeError::Other {
+                    resource: self.tmux.socket.display().to_string(),
+                    message: m,
+                })?;
+                listed.insert(pane.session.clone());
+                if pane.engine != engine_id.as_str() {
+                    continue;
+                }
+                self.settle(&mut pane).await;
+                if let Some(r) = pane.owned() {
+                    owned.push(r);
+                }
+            }
+        } else if !(out.stderr.contains("no server running")
+            || out.stderr.trim() == "no current target"
+            || (out.stderr.contains("error connecting to")
+                && out.stderr.contains("No such file or directory")))
+        {
             // No server means no sessions, and so does a server with no session left
             // (`list-panes -a` then finds no current target: seen while the server
             // exits after its last session, or with exit-empty off). Anything else is
             // a failed listing.
-            if out.stderr.contains("no server running")
-                || out.stderr.trim() == "no current target"
-                || (out.stderr.contains("error connecting to")
-                    && out.stderr.contains("No such file or directory"))
-            {
-                return Ok(Vec::new());
-            }
             return Err(RuntimeError::Other {
                 resource: self.tmux.socket.display().to_string(),
                 message: format!("tmux list-panes failed: {}", out.stderr.trim()),
             });
         }
-        let mut owned = Vec::new();
-        for line in out.stdout.lines().filter(|l| !l.is_empty()) {
-            let mut pane = Pane::parse(line).map_err(|m| RuntimeError::Other {
-                resource: self.tmux.socket.display().to_string(),
-                message: m,
-            })?;
-            if pane.engine != engine_id.as_str() {
-                continue;
-            }
-            self.settle(&mut pane).await;
-            if let Some(r) = pane.owned() {
+        // Process groups that outlived their tmux session (the server was killed, and
+        // the process ignores SIGHUP): found through their launchers' records.
+        for name in self.unlisted_records(&listed).await {
+            if let Some(found) = self.recorded(&name).await
+                && found.pane.engine == engine_id.as_str()
+                && let Some(r) = found.pane.owned()
+            {
                 owned.push(r);
             }
         }
@@ -729,15 +916,6 @@ impl ProcessRuntime for TmuxRuntime {
             self.stop_pane(&pane, Duration::ZERO).await?;
             self.remove_launchers(&name).await;
         }
-        let script = self
-            .write_launcher(
-                &name,
-                launch.generation.0,
-                launch.dir.as_deref(),
-                &launch.env,
-                &launch.command,
-            )
-            .await?;
         let markers = Markers {
             engine: &r.engine_id,
             workspace: &r.workspace_id,
@@ -746,7 +924,18 @@ impl ProcessRuntime for TmuxRuntime {
             session: launch.name.as_str(),
             generation: launch.generation.0,
         };
-        self.create(&name, launch.dir.as_deref(), &script, &markers)
+        let mark = markers.text();
+        let script = self
+            .write_launcher(
+                &name,
+                &markers,
+                &mark,
+                launch.dir.as_deref(),
+                &launch.env,
+                &launch.command,
+            )
+            .await?;
+        self.create(&name, launch.dir.as_deref(), &script, &markers, &mark)
             .await
     }
 
@@ -769,6 +958,15 @@ impl ProcessRuntime for TmuxRuntime {
     ) -> Result<(), RuntimeError> {
         let name = session_name(&session.workspace_id, &session.name);
         let Some(pane) = self.pane(&name).await? else {
+            // Its tmux session is gone; a group that outlived it is ended all the same.
+            if let Some(found) = self.recorded(&name).await
+                && found.pane.engine == session.engine_id.as_str()
+                && session
+                    .generation
+                    .is_none_or(|g| g.0 == found.pane.generation)
+            {
+                self.end_recorded(&name, found, grace).await;
+            }
             return Ok(());
         };
         if pane.engine != session.engine_id.as_str() {

@@ -148,3 +148,72 @@ pub(crate) fn signal_all(pids: &[i32], signal: Signal) {
         }
     }
 }
+
+/// Whether `pid`'s command line names `script` (the launcher that leads a group).
+fn runs_script(pid: i32, script: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == script.as_bytes()))
+}
+
+/// Whether `pid`'s environment holds exactly the entry `entry` (`NAME=value`).
+fn has_env(pid: i32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+}
+
+/// The live processes of a group a launcher recorded, proven ours by exact ids, never
+/// by a name match: the leader `pgid` only while its command line is the launcher
+/// `script`; any other member of the group only when its environment carries `entry`
+/// (the workspace id berth gave it). While a member lives, its group id cannot be given
+/// to another process, so an unrelated process can neither hold the leader's pid with
+/// that command line nor join the group with that environment.
+pub(crate) fn recorded_group(pgid: i32, script: &str, entry: &str) -> Vec<i32> {
+    if pgid <= 1 {
+        return Vec::new();
+    }
+    let leader = alive(pgid) && runs_script(pgid, script);
+    let mut out: Vec<i32> = group(pgid)
+        .into_iter()
+        .filter(|p| (*p == pgid && leader) || (*p != pgid && has_env(*p, entry)))
+        .collect();
+    // Descendants that left the group (setsid) but carry the workspace's environment.
+    let roots = out.clone();
+    for root in roots {
+        for p in tree(root) {
+            if !out.contains(&p) && has_env(p, entry) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// SIGTERM to `pids`, up to `grace` for them to end, then SIGKILL to what is left
+/// (found again, through `find`, so what they spawned meanwhile goes too).
+pub(crate) async fn end(pids: Vec<i32>, grace: std::time::Duration, find: impl Fn() -> Vec<i32>) {
+    use std::time::Duration;
+    if pids.is_empty() {
+        return;
+    }
+    signal_all(&pids, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while pids.iter().any(|p| alive(*p)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut rest: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    for p in find() {
+        if !rest.contains(&p) {
+            rest.push(p);
+        }
+    }
+    if rest.is_empty() {
+        return;
+    }
+    signal_all(&rest, Signal::SIGKILL);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rest.iter().any(|p| alive(*p)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

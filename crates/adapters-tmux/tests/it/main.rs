@@ -83,9 +83,14 @@ impl Fixture {
 
     /// An engine on this runtime and `store`.
     pub async fn engine(&self, store: Arc<MemoryStore>) -> Engine {
+        self.engine_with_grace(store, Duration::from_secs(2)).await
+    }
+
+    /// An engine on this runtime and `store` whose stops give `grace`.
+    pub async fn engine_with_grace(&self, store: Arc<MemoryStore>, grace: Duration) -> Engine {
         let config = EngineConfig {
             reconcile_period: None,
-            stop_grace: Duration::from_secs(2),
+            stop_grace: grace,
             orphan_grace: Duration::ZERO,
             ..EngineConfig::default()
         };

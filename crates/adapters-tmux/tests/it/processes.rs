@@ -318,7 +318,10 @@ async fn a_missing_session_is_gone_even_next_to_a_look_alike() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_handles_sigterm_gets_its_grace_and_finishes_its_handler() {
     let fx = Fixture::new();
-    let engine = fx.engine(Arc::new(MemoryStore::new())).await;
+    // A grace far above the handler's second, so a loaded machine cannot cut it short.
+    let engine = fx
+        .engine_with_grace(Arc::new(MemoryStore::new()), Duration::from_secs(10))
+        .await;
     let graceful = |dir: &std::path::Path| {
         format!(
             "trap 'echo term > {d}/term; sleep 1; echo done > {d}/done; exit 0' TERM; echo ready > {d}/ready; while :; do sleep 0.1; done",
@@ -375,6 +378,110 @@ async fn a_process_that_handles_sigterm_gets_its_grace_and_finishes_its_handler(
     assert!(
         fx.sessions().is_empty(),
         "the tmux sessions went away after the processes"
+    );
+    engine.shutdown().await;
+}
+
+/// Live processes whose environment names `ws` (what berth gave them), from `/proc`.
+fn processes_of(ws: &berth_core::ids::WorkspaceId) -> Vec<i32> {
+    let entry = format!("BERTH_WORKSPACE_ID={ws}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let has = std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|x| x == entry.as_bytes()));
+        if has && pid_alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Kills the engine's tmux server and waits until the launcher (the session leader)
+/// died of SIGHUP while the command, which ignores it, lives on.
+async fn kill_server_and_wait(fx: &Fixture, ws: &berth_core::ids::WorkspaceId, what: &str) {
+    let _ = fx.tmux(&["kill-server"]);
+    wait_until(what, Duration::from_secs(10), || async {
+        !processes_of(ws).is_empty() && fx.sessions().is_empty()
+    })
+    .await;
+}
+
+/// Issue 11, item 5: a workspace process that ignores SIGHUP outlives a killed tmux
+/// server. berth still owns it, through its launcher's record (the exact group id, the
+/// launcher's command line, the environment it gave the process; never a name match):
+/// the reconciler does not call the workspace missing while its process runs, a start
+/// adds no second process, and a stop (and later a delete) ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_outlives_its_tmux_server_is_never_doubled_and_is_stopped() {
+    let fx = Fixture::new();
+    let engine = fx.engine(Arc::new(MemoryStore::new())).await;
+    // One process (exec), which ignores SIGHUP (an ignored signal stays ignored).
+    let stubborn = "trap '' HUP; exec sleep 3001";
+    let ws = crate::create_sh(&engine, "stubborn", stubborn).await;
+    assert_eq!(
+        crate::op(&engine, OpKind::Start, &ws).await.status,
+        OpStatus::Succeeded
+    );
+    wait_until("the command to run", Duration::from_secs(10), || async {
+        !processes_of(&ws.id).is_empty()
+    })
+    .await;
+    kill_server_and_wait(&fx, &ws.id, "the tmux server to be gone").await;
+    let survivors = processes_of(&ws.id);
+    assert!(
+        !survivors.is_empty(),
+        "the process ignoring SIGHUP survived"
+    );
+
+    let report = engine.reconcile().await;
+    assert_eq!(report.missing, 0, "its process runs: {report:?}");
+    assert_eq!(
+        engine.workspace(&ws.id).await.unwrap().state,
+        State::Running
+    );
+    assert_eq!(
+        crate::op(&engine, OpKind::Start, &ws).await.status,
+        OpStatus::Succeeded
+    );
+    assert_eq!(
+        processes_of(&ws.id).len(),
+        survivors.len(),
+        "a start added a second process beside the survivor"
+    );
+
+    let op = crate::op(&engine, OpKind::Stop, &ws).await;
+    assert_eq!(op.status, OpStatus::Succeeded, "{op:?}");
+    assert_eq!(processes_of(&ws.id), Vec::<i32>::new(), "the stop ended it");
+    assert_eq!(
+        engine.workspace(&ws.id).await.unwrap().state,
+        State::Stopped
+    );
+
+    // Again, then a forced delete.
+    assert_eq!(
+        crate::op(&engine, OpKind::Start, &ws).await.status,
+        OpStatus::Succeeded
+    );
+    wait_until("the command to run", Duration::from_secs(10), || async {
+        !processes_of(&ws.id).is_empty()
+    })
+    .await;
+    kill_server_and_wait(&fx, &ws.id, "the tmux server to be gone again").await;
+    let op = engine
+        .delete(&ws.id, true, berth_core::model::Actor::Api)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(op.status, OpStatus::Succeeded, "{op:?}");
+    assert_eq!(
+        processes_of(&ws.id),
+        Vec::<i32>::new(),
+        "the delete ended it"
     );
     engine.shutdown().await;
 }
