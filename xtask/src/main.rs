@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_api;
+mod chaos;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -20,11 +21,12 @@ fn main() -> Result<()> {
         Some("ci") => ci(&root),
         Some("tidy") => tidy::run(&root),
         Some("bench") => bench::run(&root, &args[1..]),
+        Some("chaos") => chaos::run(&root, &args[1..]),
         Some("openapi") => openapi(&root, args.get(1).map(String::as_str) == Some("--check")),
         Some("test-image") => test_image(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|tidy|bench|openapi [--check]|test-image>\n  test-image  imports the busybox test image into the local Docker daemon (no registry)\n  openapi  writes docs/openapi.json from the code (--check: fails when it differs)\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
+                "usage: cargo xtask <ci|tidy|bench|chaos|openapi [--check]|test-image>\n  chaos  the daemon under a random workload, killed and faulted, invariants checked (--rounds N --seed S --docker)\n  test-image  imports the busybox test image into the local Docker daemon (no registry)\n  openapi  writes docs/openapi.json from the code (--check: fails when it differs)\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
             );
             bail!("unknown or missing command");
         }
@@ -187,6 +189,12 @@ fn ci(root: &Path) -> Result<()> {
         root,
         "cargo",
         &["build", "--locked", "-p", "berth", "--bin", "berth"],
+    )?;
+    // The fault campaign's short run (the long one: `cargo xtask chaos --rounds 200
+    // --docker --seed <n>`).
+    chaos::run(
+        root,
+        &["--rounds".into(), "6".into(), "--seed".into(), "11".into()],
     )?;
     // Last, so its summary is the closing line of the run.
     let profile = if std::env::var_os("CI").is_some() {
