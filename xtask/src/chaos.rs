@@ -1,7 +1,8 @@
 //! `cargo xtask chaos`: the daemon under a random concurrent workload on real tmux
 //! (and Docker with `--docker`), killed with SIGKILL at random moments and again during
 //! recovery, with faults injected (the tmux server killed, workspace processes killed
-//! from outside). After every recovery it checks the invariants:
+//! from outside, the database's write lock held by another process, the data
+//! directory's filesystem full for a while: it is a small tmpfs when run as root). After every recovery it checks the invariants:
 //!
 //! - no workspace is left transitional once `/readyz` is 200;
 //! - every acknowledged create is there (unless a delete was sent for it), every
@@ -61,6 +62,11 @@ struct Daemon {
 
 impl Daemon {
     async fn start(bin: &Path, dir: &Path) -> Result<Self> {
+        // The daemons' errors, beside the data dir (which may be a tmpfs).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))?;
         let mut child = Command::new(bin)
             .arg("serve")
             .arg("--data-dir")
@@ -73,7 +79,7 @@ impl Daemon {
             .env("BERTH_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .context("spawning berth serve")?;
@@ -282,6 +288,41 @@ fn id_in(name: &str) -> Option<String> {
         .then(|| format!("ws-{hex}"))
 }
 
+/// A tmpfs mounted on the data directory; unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path) -> Option<Self> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m,mode=0700", "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `ballast` to the last byte.
+fn fill(ballast: &Path) {
+    use std::io::Write as _;
+    let Ok(mut f) = std::fs::File::create(ballast) else {
+        return;
+    };
+    let chunk = vec![0u8; 1 << 16];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&[0]).is_ok() {}
+}
+
 /// One worker of the workload until `stop` fires.
 async fn worker(
     d: Arc<Daemon>,
@@ -453,6 +494,11 @@ async fn campaign(
 ) -> Result<Figures> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut figures = Figures::default();
+    // The data directory on its own small filesystem (root only), so a round can fill it.
+    let full = SmallFs::mount(dir);
+    if full.is_none() {
+        eprintln!("chaos: cannot mount a tmpfs on the data dir (not root?): no full-disk faults");
+    }
     // Tokens each workspace's processes held, by incarnation.
     let mut tokens: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
     for round in 0..rounds {
@@ -474,9 +520,31 @@ async fn campaign(
         }
         let length = Duration::from_millis(rng.random_range(300..1500));
         let fault_at = length.mul_f64(rng.random_range(0.1..0.9));
-        let fault = rng.random_range(0..4u32);
+        let fault = rng.random_range(0..6u32);
         tokio::time::sleep(fault_at).await;
+        // The ballast of a full disk, removed before the kill.
+        let mut ballast: Option<std::path::PathBuf> = None;
+        let mut lock: Option<sqlx::SqliteConnection> = None;
         match fault {
+            2 => {
+                // Another process holds the database's write lock.
+                use sqlx::Connection as _;
+                let url = format!("sqlite://{}", dir.join("berth.db").display());
+                if let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await
+                    && sqlx::query("BEGIN IMMEDIATE")
+                        .execute(&mut conn)
+                        .await
+                        .is_ok()
+                {
+                    lock = Some(conn);
+                }
+            }
+            3 if full.is_some() => {
+                // The data directory's filesystem fills up.
+                let file = dir.join("ballast");
+                fill(&file);
+                ballast = Some(file);
+            }
             0 => {
                 let _ = std::process::Command::new("tmux")
                     .arg("-S")
@@ -498,6 +566,14 @@ async fn campaign(
             _ => {}
         }
         tokio::time::sleep(length.saturating_sub(fault_at)).await;
+        if let Some(mut conn) = lock.take() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+        }
+        if let Some(file) = ballast.take() {
+            let _ = std::fs::remove_file(file);
+            // The store heals by itself: writes succeed again before the kill.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // SIGKILL while the workload runs.
         d.kill().await;
         stop.set();
@@ -516,6 +592,14 @@ async fn campaign(
         d.kill().await;
         figures.rounds += 1;
     }
+    // The tmux server's socket is on the data dir's filesystem: end it before that goes.
+    let _ = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(dir.join("tmux.sock"))
+        .arg("kill-server")
+        .stderr(Stdio::null())
+        .status();
+    drop(full);
     let l = ledger.lock();
     figures.requests = l.requests;
     figures.acknowledged = l.acknowledged;
@@ -664,6 +748,11 @@ fn cleanup(dir: &Path, ledger: &Ledger, docker: bool) {
         .arg(dir.join("tmux.sock"))
         .arg("kill-server")
         .stderr(Stdio::null())
+        .status();
+    // A server whose socket went with the data dir's filesystem (a failed run).
+    let _ = std::process::Command::new("pkill")
+        .arg("-f")
+        .arg(format!("tmux -S {}", dir.join("tmux.sock").display()))
         .status();
     let ours: BTreeSet<&String> = ledger
         .created
