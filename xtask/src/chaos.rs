@@ -61,7 +61,26 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Starts a daemon; when the data dir's lock is still held (the killed daemon's
+    /// lock not yet released), tries again for up to 10 s and reports the holders.
     async fn start(bin: &Path, dir: &Path) -> Result<Self> {
+        let began = std::time::Instant::now();
+        loop {
+            match Self::start_once(bin, dir).await {
+                Ok(d) => return Ok(d),
+                Err(e)
+                    if e.to_string().contains("daemon.lock is open in")
+                        && began.elapsed() < Duration::from_secs(10) =>
+                {
+                    eprintln!("chaos: NOTE the data dir's lock was still held at a restart: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once(bin: &Path, dir: &Path) -> Result<Self> {
         // The daemons' errors, beside the data dir (which may be a tmpfs).
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -87,7 +106,12 @@ impl Daemon {
         let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .context("berth serve printed nothing in 30 s")??
-            .context("berth serve exited before printing its URL")?;
+            .with_context(|| {
+                format!(
+                    "berth serve exited before printing its URL; daemon.lock is open in: {:?}",
+                    holders(&dir.join("daemon.lock"))
+                )
+            })?;
         #[allow(clippy::disallowed_methods, reason = "drains the pipe until it closes")]
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let token = std::fs::read_to_string(dir.join("admin.token"))?
@@ -171,6 +195,35 @@ impl Daemon {
             }
         }
     }
+}
+
+/// The processes that have `path` open, with their command lines.
+fn holders(path: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
+        {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            out.push(format!(
+                "{pid} {} [{}]",
+                String::from_utf8_lossy(&cmd).replace('\0', " "),
+                stat.rsplit(')').next().unwrap_or("").trim()
+            ));
+        }
+    }
+    out
 }
 
 /// A live process berth gave a workspace: pid, workspace id, the marker of its
