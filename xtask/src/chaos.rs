@@ -292,6 +292,16 @@ fn processes() -> Vec<Proc> {
     out
 }
 
+/// Kills the tmux server of the data dir `dir`.
+fn kill_tmux_server(dir: &Path) {
+    let _ = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(dir.join("tmux.sock"))
+        .arg("kill-server")
+        .stderr(Stdio::null())
+        .status();
+}
+
 fn tmux_sessions(dir: &Path) -> Vec<String> {
     std::process::Command::new("tmux")
         .arg("-S")
@@ -599,12 +609,7 @@ async fn campaign(
                 ballast = Some(file);
             }
             0 => {
-                let _ = std::process::Command::new("tmux")
-                    .arg("-S")
-                    .arg(dir.join("tmux.sock"))
-                    .arg("kill-server")
-                    .stderr(Stdio::null())
-                    .status();
+                kill_tmux_server(dir);
             }
             1 => {
                 let mains: Vec<Proc> = processes().into_iter().filter(|p| p.main).collect();
@@ -646,12 +651,7 @@ async fn campaign(
         figures.rounds += 1;
     }
     // The tmux server's socket is on the data dir's filesystem: end it before that goes.
-    let _ = std::process::Command::new("tmux")
-        .arg("-S")
-        .arg(dir.join("tmux.sock"))
-        .arg("kill-server")
-        .stderr(Stdio::null())
-        .status();
+    kill_tmux_server(dir);
     drop(full);
     let l = ledger.lock();
     figures.requests = l.requests;
@@ -796,12 +796,7 @@ async fn check(
 /// Kills everything the campaign may have left: the tmux server, the workspace
 /// processes, the containers and volumes of its workspaces.
 fn cleanup(dir: &Path, ledger: &Ledger, docker: bool) {
-    let _ = std::process::Command::new("tmux")
-        .arg("-S")
-        .arg(dir.join("tmux.sock"))
-        .arg("kill-server")
-        .stderr(Stdio::null())
-        .status();
+    kill_tmux_server(dir);
     // A server whose socket went with the data dir's filesystem (a failed run).
     let _ = std::process::Command::new("pkill")
         .arg("-f")

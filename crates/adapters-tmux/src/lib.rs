@@ -139,6 +139,15 @@ impl Pane {
         }
     }
 
+    /// The launcher's number: the generation of a session, the incarnation of a main.
+    fn number(&self) -> u64 {
+        if self.kind == "session" {
+            self.generation
+        } else {
+            self.incarnation
+        }
+    }
+
     fn owned(&self) -> Option<OwnedResource> {
         let workspace_id = WorkspaceId::parse(&self.workspace).ok()?;
         let kind = match self.kind.as_str() {
@@ -439,11 +448,7 @@ impl TmuxRuntime {
         if !pane.dead || pane.status.is_some() {
             return;
         }
-        let n = if pane.kind == "session" {
-            pane.generation
-        } else {
-            pane.incarnation
-        };
+        let n = pane.number();
         let file = self
             .config
             .data_dir
@@ -633,19 +638,7 @@ impl TmuxRuntime {
         if pane.workspace.is_empty() {
             return None;
         }
-        let n = if pane.kind == "session" {
-            pane.generation
-        } else {
-            pane.incarnation
-        };
-        let script = self
-            .config
-            .data_dir
-            .join("launch")
-            .join(format!("{name}-{n}.sh"))
-            .to_string_lossy()
-            .into_owned();
-        let entry = format!("BERTH_WORKSPACE_ID={}", pane.workspace);
+        let (script, entry) = self.group_identity(&pane);
         let members =
             tokio::task::spawn_blocking(move || procs::recorded_group(pid, &script, &entry))
                 .await
@@ -653,23 +646,24 @@ impl TmuxRuntime {
         (!members.is_empty()).then_some(Recorded { pane, members })
     }
 
-    /// Ends a recorded group whose tmux session is gone: SIGTERM, `grace`, SIGKILL (to
-    /// what it spawned meanwhile too), then forgets the record.
-    async fn end_recorded(&self, name: &str, found: Recorded, grace: Duration) {
-        let pane = found.pane;
-        let n = if pane.kind == "session" {
-            pane.generation
-        } else {
-            pane.incarnation
-        };
+    /// What proves a recorded group's processes ours: the launcher script its leader
+    /// runs, and the environment entry berth gave its command.
+    fn group_identity(&self, pane: &Pane) -> (String, String) {
         let script = self
             .config
             .data_dir
             .join("launch")
-            .join(format!("{name}-{n}.sh"))
+            .join(format!("{}-{}.sh", pane.session, pane.number()))
             .to_string_lossy()
             .into_owned();
-        let entry = format!("BERTH_WORKSPACE_ID={}", pane.workspace);
+        (script, format!("BERTH_WORKSPACE_ID={}", pane.workspace))
+    }
+
+    /// Ends a recorded group whose tmux session is gone: SIGTERM, `grace`, SIGKILL (to
+    /// what it spawned meanwhile too), then forgets the record.
+    async fn end_recorded(&self, name: &str, found: Recorded, grace: Duration) {
+        let pane = found.pane;
+        let (script, entry) = self.group_identity(&pane);
         let pgid = pane.pid;
         tracing::info!(session = name, pgid, members = ?found.members, "ending a process group that outlived its tmux session");
         procs::end(found.members, grace, || {
