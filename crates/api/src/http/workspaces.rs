@@ -66,7 +66,9 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 #[utoipa::path(post, path = "/v1/workspaces", tag = "workspaces", security(("bearer" = [])),
     request_body = CreateRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the first result")),
-    responses((status = 201, body = CreateResponse), (status = 400, body = ErrorBody),
+    responses((status = 201, body = CreateResponse,
+            headers(("Idempotent-Replayed" = String, description = "`true` when the answer replays an earlier request with the same key"))),
+        (status = 400, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_workspace(
     State(state): State<AppState>,
