@@ -42,7 +42,7 @@ impl Default for EngineConfig {
             final_flush_timeout: Duration::from_secs(5),
             conflict_backoff: Duration::from_millis(100),
             api_url: "http://127.0.0.1:7421".to_owned(),
-            runtime_call_timeout: Duration::from_secs(5),
+            runtime_call_timeout: Duration::from_secs(15),
             recovery_concurrency: 64,
         }
     }
