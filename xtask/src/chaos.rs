@@ -2,7 +2,9 @@
 //! (and Docker with `--docker`), killed with SIGKILL at random moments and again during
 //! recovery, with faults injected (the tmux server killed, workspace processes killed
 //! from outside, the database's write lock held by another process, the data
-//! directory's filesystem full for a while: it is a small tmpfs when run as root). After every recovery it checks the invariants:
+//! directory's filesystem full for a while: it is a small tmpfs when run as root; with
+//! `--docker`, one round in eight whose daemon finds a Docker engine that accepts and
+//! never answers). After every recovery it checks the invariants:
 //!
 //! - no workspace is left transitional once `/readyz` is 200;
 //! - every acknowledged create is there (unless a delete was sent for it), every
@@ -37,6 +39,8 @@ const TRANSITIONAL: [&str; 3] = ["starting", "stopping", "deleting"];
 #[derive(Debug, Default)]
 struct Figures {
     rounds: u64,
+    /// Rounds whose daemon started against a Docker engine that never answers.
+    hung_rounds: u64,
     requests: u64,
     acknowledged: u64,
     checks: u64,
@@ -63,10 +67,10 @@ struct Daemon {
 impl Daemon {
     /// Starts a daemon; when the data dir's lock is still held (the killed daemon's
     /// lock not yet released), tries again for up to 10 s and reports the holders.
-    async fn start(bin: &Path, dir: &Path) -> Result<Self> {
+    async fn start(bin: &Path, dir: &Path, docker_host: Option<&str>) -> Result<Self> {
         let began = std::time::Instant::now();
         loop {
-            match Self::start_once(bin, dir).await {
+            match Self::start_once(bin, dir, docker_host).await {
                 Ok(d) => return Ok(d),
                 Err(e)
                     if e.to_string().contains("daemon.lock is open in")
@@ -80,13 +84,17 @@ impl Daemon {
         }
     }
 
-    async fn start_once(bin: &Path, dir: &Path) -> Result<Self> {
+    async fn start_once(bin: &Path, dir: &Path, docker_host: Option<&str>) -> Result<Self> {
         // The daemons' errors, beside the data dir (which may be a tmpfs).
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.with_extension("log"))?;
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(host) = docker_host {
+            command.env("DOCKER_HOST", host);
+        }
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(dir)
@@ -293,6 +301,37 @@ fn processes() -> Vec<Proc> {
 }
 
 /// Kills the tmux server of the data dir `dir`.
+/// A stand-in Docker engine socket that accepts connections and never answers.
+struct HungSocket {
+    dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HungSocket {
+    fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let listener = tokio::net::UnixListener::bind(dir.path().join("docker.sock"))?;
+        #[allow(clippy::disallowed_methods, reason = "holds the fault's connections")]
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        Ok(Self { dir, task })
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.dir.path().join("docker.sock").display())
+    }
+}
+
+impl Drop for HungSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn kill_tmux_server(dir: &Path) {
     let _ = std::process::Command::new("tmux")
         .arg("-S")
@@ -526,8 +565,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     cleanup(&dir, &ledger.lock(), docker);
     let figures = figures?;
     eprintln!(
-        "chaos: seed {seed}: {} rounds, {} requests, {} acknowledged, {} checks, {} violations",
+        "chaos: seed {seed}: {} rounds ({} with a hung Docker), {} requests, {} acknowledged, {} checks, {} violations",
         figures.rounds,
+        figures.hung_rounds,
         figures.requests,
         figures.acknowledged,
         figures.checks,
@@ -565,8 +605,26 @@ async fn campaign(
     // Tokens each workspace's processes held, by incarnation.
     let mut tokens: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
     for round in 0..rounds {
-        let d = Arc::new(Daemon::start(bin, dir).await?);
+        // One Docker round in eight: the daemon's Docker engine accepts connections and
+        // never answers. Readiness and the tmux workload must not wait for it.
+        let hung = (docker && rng.random_range(0..8u32) == 0)
+            .then(HungSocket::new)
+            .transpose()?;
+        let host = hung.as_ref().map(HungSocket::host);
+        let began = std::time::Instant::now();
+        let d = Arc::new(Daemon::start(bin, dir, host.as_deref()).await?);
         d.ready().await?;
+        if hung.is_some() {
+            figures.hung_rounds += 1;
+            let took = began.elapsed();
+            // A stall detector, not a speed test: a stall is the 60 s of a Docker call
+            // left unbounded; readiness has nothing of Docker to wait for.
+            if took > Duration::from_secs(30) {
+                figures.violations.push(format!(
+                    "round {round}: ready {took:?} after a start with a hung Docker"
+                ));
+            }
+        }
         let stop = tokio_util_like::Stop::default();
         let mut workers = Vec::new();
         for me in 0..4 {
@@ -634,17 +692,18 @@ async fn campaign(
         }
         // SIGKILL while the workload runs.
         d.kill().await;
+        drop(hung);
         stop.set();
         for w in workers {
             let _ = w.await;
         }
         // A third of the rounds: killed again during recovery.
         if rng.random_range(0..3u32) == 0 {
-            let again = Daemon::start(bin, dir).await?;
+            let again = Daemon::start(bin, dir, None).await?;
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
             again.kill().await;
         }
-        let d = Daemon::start(bin, dir).await?;
+        let d = Daemon::start(bin, dir, None).await?;
         d.ready().await?;
         check(&d, dir, &ledger, &mut tokens, &mut figures, round, docker).await?;
         d.kill().await;

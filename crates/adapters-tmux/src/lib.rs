@@ -882,7 +882,14 @@ impl ProcessRuntime for TmuxRuntime {
 
     async fn launch_session(&self, launch: &SessionLaunch) -> Result<(), RuntimeError> {
         let r = &launch.resource;
-        match self.pane(&main_name(&r.workspace_id)).await? {
+        let main = match self.pane(&main_name(&r.workspace_id)).await? {
+            Some(pane) => Some(pane),
+            None => self
+                .recorded(&main_name(&r.workspace_id))
+                .await
+                .map(|r| r.pane),
+        };
+        match main {
             Some(p)
                 if p.engine == r.engine_id.as_str()
                     && p.incarnation == r.incarnation.0
@@ -894,7 +901,29 @@ impl ProcessRuntime for TmuxRuntime {
             }
         }
         let name = session_name(&r.workspace_id, &launch.name);
-        if let Some(pane) = self.pane(&name).await? {
+        let pane = self.pane(&name).await?;
+        // A group that outlived its tmux session (the server was killed) still holds
+        // the session name: the same generation is this launch already done; any other
+        // still runs, so the name is in use (never two processes beside each other).
+        if pane.is_none()
+            && let Some(found) = self.recorded(&name).await
+        {
+            if found.pane.engine == r.engine_id.as_str()
+                && found.pane.incarnation == r.incarnation.0
+                && found.pane.generation == launch.generation.0
+            {
+                return Ok(());
+            }
+            return Err(RuntimeError::Conflict {
+                resource: name,
+                reason: ConflictReason::NameInUse,
+                message: format!(
+                    "generation {} still runs (its tmux session is gone)",
+                    found.pane.generation
+                ),
+            });
+        }
+        if let Some(pane) = pane {
             let ours = pane.engine == r.engine_id.as_str();
             if ours && pane.generation == launch.generation.0 && !pane.dead {
                 return Ok(());
@@ -938,9 +967,11 @@ impl ProcessRuntime for TmuxRuntime {
         session: &SessionRef,
     ) -> Result<Option<OwnedResource>, RuntimeError> {
         let name = session_name(&session.workspace_id, &session.name);
-        Ok(self
-            .pane(&name)
-            .await?
+        let pane = match self.pane(&name).await? {
+            Some(pane) => Some(pane),
+            None => self.recorded(&name).await.map(|r| r.pane),
+        };
+        Ok(pane
             .filter(|p| p.engine == session.engine_id.as_str() && p.kind == "session")
             .and_then(|p| p.owned()))
     }

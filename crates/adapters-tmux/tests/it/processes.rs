@@ -485,3 +485,74 @@ async fn a_process_that_outlives_its_tmux_server_is_never_doubled_and_is_stopped
     );
     engine.shutdown().await;
 }
+
+/// Issue 11, item 5, for sessions: a session process that outlives a killed tmux
+/// server still holds its name. Launching it again is the same session (no second
+/// process); another command is refused; stopping the session ends the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_outlives_its_tmux_server_is_never_doubled_and_is_stopped() {
+    let fx = Fixture::new();
+    let engine = fx.engine(Arc::new(MemoryStore::new())).await;
+    let stubborn = "trap '' HUP; exec sleep 3002";
+    let ws = crate::create_sh(&engine, "stubborn-sessions", stubborn).await;
+    assert_eq!(
+        crate::op(&engine, OpKind::Start, &ws).await.status,
+        OpStatus::Succeeded
+    );
+    let agent = berth_core::ids::SessionName::parse("agent").unwrap();
+    let first = engine
+        .launch_session(&ws.id, agent.clone(), crate::sh(stubborn), BTreeMap::new())
+        .await
+        .unwrap();
+    wait_until(
+        "main and session to run",
+        Duration::from_secs(10),
+        || async { processes_of(&ws.id).len() == 2 },
+    )
+    .await;
+    kill_server_and_wait(&fx, &ws.id, "the tmux server to be gone").await;
+    let survivors = processes_of(&ws.id);
+    assert_eq!(survivors.len(), 2, "both ignore SIGHUP: {survivors:?}");
+
+    let again = engine
+        .launch_session(&ws.id, agent.clone(), crate::sh(stubborn), BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(again.generation, first.generation, "the same session");
+    assert_eq!(
+        processes_of(&ws.id),
+        survivors,
+        "a launch added a second process beside the survivor"
+    );
+    let other = engine
+        .launch_session(
+            &ws.id,
+            agent.clone(),
+            crate::sh("exec sleep 9"),
+            BTreeMap::new(),
+        )
+        .await;
+    assert!(
+        matches!(
+            other,
+            Err(berth_core::engine::EngineError::SessionExists { .. })
+        ),
+        "{other:?}"
+    );
+    assert_eq!(processes_of(&ws.id), survivors);
+
+    engine.stop_session(&ws.id, &agent).await.unwrap();
+    assert_eq!(
+        processes_of(&ws.id).len(),
+        1,
+        "the session's survivor ended"
+    );
+    let op = crate::op(&engine, OpKind::Stop, &ws).await;
+    assert_eq!(op.status, OpStatus::Succeeded, "{op:?}");
+    assert_eq!(
+        processes_of(&ws.id),
+        Vec::<i32>::new(),
+        "the stop ended main"
+    );
+    engine.shutdown().await;
+}
