@@ -117,9 +117,12 @@ impl Daemon {
         #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.url = first;
-        self.token = std::fs::read_to_string(self.dir.path().join("admin.token"))?
-            .trim()
-            .to_owned();
+        self.token = match self.env.iter().find(|(k, _)| k == "BERTH_TOKEN") {
+            Some((_, token)) => token.clone(),
+            None => std::fs::read_to_string(self.dir.path().join("state/admin.token"))?
+                .trim()
+                .to_owned(),
+        };
         self.child = Some(child);
         Ok(())
     }
@@ -262,7 +265,7 @@ impl Daemon {
 
     /// The tmux server's socket.
     pub fn tmux_socket(&self) -> PathBuf {
-        self.dir.path().join("tmux.sock")
+        self.dir.path().join("state/tmux.sock")
     }
 
     /// All events, via the JSON page form.

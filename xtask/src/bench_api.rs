@@ -62,7 +62,7 @@ impl Server {
             .await
             .context("berth serve printed nothing in 30 s")??
             .context("berth serve exited before printing its URL")?;
-        let token = std::fs::read_to_string(dir.join("admin.token"))?
+        let token = std::fs::read_to_string(dir.join("state/admin.token"))?
             .trim()
             .to_owned();
         let server = Self {
@@ -156,7 +156,7 @@ impl Drop for Server {
         }
         let _ = std::process::Command::new("tmux")
             .arg("-S")
-            .arg(self.dir.join("tmux.sock"))
+            .arg(self.dir.join("state/tmux.sock"))
             .arg("kill-server")
             .stderr(Stdio::null())
             .status();

@@ -117,12 +117,12 @@ impl Daemon {
             .with_context(|| {
                 format!(
                     "berth serve exited before printing its URL; daemon.lock is open in: {:?}",
-                    holders(&dir.join("daemon.lock"))
+                    holders(&dir.join("state/daemon.lock"))
                 )
             })?;
         #[allow(clippy::disallowed_methods, reason = "drains the pipe until it closes")]
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let token = std::fs::read_to_string(dir.join("admin.token"))?
+        let token = std::fs::read_to_string(dir.join("state/admin.token"))?
             .trim()
             .to_owned();
         Ok(Self {
@@ -335,7 +335,7 @@ impl Drop for HungSocket {
 fn kill_tmux_server(dir: &Path) {
     let _ = std::process::Command::new("tmux")
         .arg("-S")
-        .arg(dir.join("tmux.sock"))
+        .arg(dir.join("state/tmux.sock"))
         .arg("kill-server")
         .stderr(Stdio::null())
         .status();
@@ -344,7 +344,7 @@ fn kill_tmux_server(dir: &Path) {
 fn tmux_sessions(dir: &Path) -> Vec<String> {
     std::process::Command::new("tmux")
         .arg("-S")
-        .arg(dir.join("tmux.sock"))
+        .arg(dir.join("state/tmux.sock"))
         .args(["list-sessions", "-F", "#{session_name}"])
         .stderr(Stdio::null())
         .output()
@@ -650,7 +650,7 @@ async fn campaign(
             2 => {
                 // Another process holds the database's write lock.
                 use sqlx::Connection as _;
-                let url = format!("sqlite://{}", dir.join("berth.db").display());
+                let url = format!("sqlite://{}", dir.join("state/berth.db").display());
                 if let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await
                     && sqlx::query("BEGIN IMMEDIATE")
                         .execute(&mut conn)
@@ -859,7 +859,7 @@ fn cleanup(dir: &Path, ledger: &Ledger, docker: bool) {
     // A server whose socket went with the data dir's filesystem (a failed run).
     let _ = std::process::Command::new("pkill")
         .arg("-f")
-        .arg(format!("tmux -S {}", dir.join("tmux.sock").display()))
+        .arg(format!("tmux -S {}", dir.join("state/tmux.sock").display()))
         .status();
     let ours: BTreeSet<&String> = ledger
         .created

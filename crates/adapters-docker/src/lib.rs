@@ -85,6 +85,9 @@ pub struct DockerConfig {
     pub start_deadline: Duration,
     /// The daemon's socket path, whose mount is refused.
     pub docker_socket: PathBuf,
+    /// berth's own directory (the data directory, state included): a `dir` inside it,
+    /// or holding it, is refused, so no container is given berth's keys.
+    pub protected_dir: Option<PathBuf>,
 }
 
 impl Default for DockerConfig {
@@ -100,6 +103,7 @@ impl Default for DockerConfig {
             call_timeout: Duration::from_secs(30),
             start_deadline: Duration::from_secs(60),
             docker_socket: PathBuf::from("/var/run/docker.sock"),
+            protected_dir: None,
         }
     }
 }
@@ -388,6 +392,42 @@ impl DockerRuntime {
         }
     }
 
+    /// A spec may lower the daemon's limits, never lift them: 0 (which Docker reads as
+    /// "no limit") and anything above the daemon's maximum are refused.
+    fn check_limits(&self, limits: &berth_core::model::Limits) -> Result<(), SpecRefusal> {
+        let asked = [
+            (
+                "limits.memory_bytes",
+                limits.memory_bytes,
+                self.config.memory_bytes,
+            ),
+            ("limits.millicpus", limits.millicpus, self.config.millicpus),
+            ("limits.pids", limits.pids, self.config.pids),
+        ];
+        for (field, value, max) in asked {
+            match value {
+                Some(0) => {
+                    return Err(SpecRefusal {
+                        field,
+                        message: format!(
+                            "{field} must be at least 1 (0 would mean no limit); this daemon allows up to {max}"
+                        ),
+                    });
+                }
+                Some(v) if v > max => {
+                    return Err(SpecRefusal {
+                        field,
+                        message: format!(
+                            "{field} is {v}, above this daemon's maximum {max}; a workspace may only lower its limits"
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn limits(&self, spec: &berth_core::model::WorkspaceSpec) -> (i64, i64, i64) {
         let asked = spec.limits.clone().unwrap_or_default();
         let memory = asked.memory_bytes.map_or(self.config.memory_bytes, |m| {
@@ -416,6 +456,18 @@ impl DockerRuntime {
             })?;
             let socket = std::fs::canonicalize(&self.config.docker_socket)
                 .unwrap_or_else(|_| self.config.docker_socket.clone());
+            if let Some(protected) = &self.config.protected_dir
+                && berth_hostdirs::reaches_into(&real, protected, true)
+            {
+                return Err(RuntimeError::Other {
+                    resource: dir.clone(),
+                    message: format!(
+                        "mounting {} would expose berth's own directory {}; refused",
+                        real.display(),
+                        protected.display()
+                    ),
+                });
+            }
             if socket.starts_with(&real) {
                 return Err(RuntimeError::Other {
                     resource: dir.clone(),
@@ -772,6 +824,20 @@ impl ProcessRuntime for DockerRuntime {
             return Err(SpecRefusal {
                 field: "image",
                 message: "an image reference is non-empty and holds no whitespace".into(),
+            });
+        }
+        if let Some(limits) = &spec.limits {
+            self.check_limits(limits)?;
+        }
+        if let (Some(dir), Some(protected)) = (&spec.dir, &self.config.protected_dir)
+            && berth_hostdirs::reaches_into(std::path::Path::new(dir), protected, true)
+        {
+            return Err(SpecRefusal {
+                field: "dir",
+                message: format!(
+                    "{dir} reaches into berth's own directory {} (its state holds the daemon's keys); mount a directory outside it",
+                    protected.display()
+                ),
             });
         }
         Ok(())

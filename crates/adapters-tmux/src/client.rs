@@ -75,8 +75,14 @@ fn quote(arg: &str) -> String {
 }
 
 impl Control {
-    async fn start(socket: &PathBuf, timeout: Duration) -> Result<Self, String> {
+    async fn start(
+        socket: &PathBuf,
+        timeout: Duration,
+        environment: &[(String, String)],
+    ) -> Result<Self, String> {
         let mut child = Command::new("tmux")
+            .env_clear()
+            .envs(environment.iter().map(|(k, v)| (k, v)))
             .arg("-S")
             .arg(socket)
             .args([
@@ -235,15 +241,24 @@ impl Control {
 pub(crate) struct Tmux {
     pub(crate) socket: PathBuf,
     pub(crate) timeout: Duration,
+    /// The whole environment of every tmux client berth runs (a server started by one
+    /// inherits it): never the daemon's own.
+    pub(crate) environment: Arc<Vec<(String, String)>>,
     /// The control-mode client, when one runs; `None` when control mode is off.
     control: Option<Arc<tokio::sync::Mutex<Option<Control>>>>,
 }
 
 impl Tmux {
-    pub(crate) fn new(socket: PathBuf, timeout: Duration, control_mode: bool) -> Self {
+    pub(crate) fn new(
+        socket: PathBuf,
+        timeout: Duration,
+        control_mode: bool,
+        environment: Vec<(String, String)>,
+    ) -> Self {
         Self {
             socket,
             timeout,
+            environment: Arc::new(environment),
             control: control_mode.then(|| Arc::new(tokio::sync::Mutex::new(None))),
         }
     }
@@ -260,7 +275,7 @@ impl Tmux {
         if let (true, Some(slot)) = (controllable, &self.control) {
             let mut guard = slot.lock().await;
             if guard.is_none() {
-                match Control::start(&self.socket, self.timeout).await {
+                match Control::start(&self.socket, self.timeout, &self.environment).await {
                     Ok(c) => *guard = Some(c),
                     Err(e) => {
                         tracing::debug!(socket = %self.socket.display(), error = %e, "tmux control mode unavailable; using the CLI")
@@ -313,7 +328,9 @@ impl Tmux {
 
     async fn cli_once(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, RuntimeError> {
         let mut cmd = Command::new("tmux");
-        cmd.arg("-S")
+        cmd.env_clear()
+            .envs(self.environment.iter().map(|(k, v)| (k, v)))
+            .arg("-S")
             .arg(&self.socket)
             .arg("-f")
             .arg("/dev/null")

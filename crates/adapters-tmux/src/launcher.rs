@@ -36,12 +36,17 @@ pub(crate) fn quote(value: &str) -> String {
 /// First of all, the script records its process id (the process group's: it leads the
 /// pane's group) with `record`'s marker line in `record`'s file, so berth can find and
 /// end the group even when the tmux server is gone.
+///
+/// A secret (`secret`: a variable name and a FIFO) is never in the script: it reads the
+/// value from the FIFO, which the runtime writes once, and exports it. Without it the
+/// script does not run the command (exit 125).
 pub(crate) fn script(
     dir: Option<&str>,
     env: &BTreeMap<String, String>,
     argv: &[String],
     exit_file: &str,
     record: (&str, &str),
+    secret: Option<(&str, &str)>,
 ) -> String {
     let mut s = String::from(
         "#!/bin/sh\n# Written by berth: runs one workspace command. Do not edit.\ntrap : TERM\n",
@@ -53,6 +58,14 @@ pub(crate) fn script(
         quote(mark),
         quote(record_file)
     );
+    if let Some((name, fifo)) = secret {
+        // Names are berth's own ([A-Z_]+).
+        let _ = writeln!(
+            s,
+            "IFS= read -r {name} < {} || {{ echo 'berth: {name} was not delivered' >&2; exit 125; }}\nexport {name}",
+            quote(fifo)
+        );
+    }
     if let Some(dir) = dir {
         let _ = writeln!(s, "cd {} || exit 126", quote(dir));
     }
@@ -101,6 +114,11 @@ mod tests {
             &["echo".into(), "a'b".into()],
             "/d/x.exit",
             ("/d/x.pid", "v1 en-1 ws-1 1 main - 0 5"),
+            Some(("BERTH_WORKSPACE_TOKEN", "/d/x.token")),
+        );
+        assert!(
+            text.contains("\nIFS= read -r BERTH_WORKSPACE_TOKEN < '/d/x.token' || { echo 'berth: BERTH_WORKSPACE_TOKEN was not delivered' >&2; exit 125; }\nexport BERTH_WORKSPACE_TOKEN\ncd '/w'"),
+            "{text}"
         );
         assert!(text.contains("\ntrap : TERM\n"), "{text}");
         assert!(

@@ -1,6 +1,7 @@
 //! `TmuxRuntime`: berth's [`ProcessRuntime`] for local workspaces, on a tmux server the
-//! engine owns (`tmux -S <data dir>/tmux.sock -f /dev/null`). The server is started on
-//! demand and outlives the daemon, so workspaces keep running across a restart.
+//! engine owns (`tmux -S <data dir>/state/tmux.sock -f /dev/null`). The server is
+//! started on demand and outlives the daemon, so workspaces keep running across a
+//! restart.
 //!
 //! - Session names derive from ids only (`bw-<id>` for a workspace's main process,
 //!   `bs-<id>-<session>` for its sessions) and are always targeted exactly (`=name`).
@@ -9,14 +10,21 @@
 //!   <created>`, one option so marking is one command); if marking fails the
 //!   session is killed and the launch fails. Sessions without our engine id are never
 //!   touched.
-//! - Commands run from a launcher script (mode 0700) with every value single-quoted;
-//!   `remain-on-exit` keeps a finished pane so its exit code can be read.
+//! - Commands run from a launcher script (mode 0700, in the state directory) with every
+//!   value single-quoted; `remain-on-exit` keeps a finished pane so its exit code can
+//!   be read. The process starts from a built environment (`env -i` and an allow-list
+//!   of the daemon's variables, then the spec's and berth's), never the daemon's or the
+//!   tmux server's: no `TMUX`, no daemon secret. The workspace token is never written
+//!   to disk: the launcher reads it from a FIFO the runtime writes once.
+//! - Every tmux client berth runs has that same built environment, so a server it
+//!   starts holds nothing of the daemon's either.
 //! - Stop sends SIGTERM to the pane's process group and every descendant, waits the
 //!   grace period, sends SIGKILL, then kills the session.
 
 mod client;
 mod launcher;
 mod procs;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,9 +46,16 @@ use dirs::WorkDir;
 /// Settings of a [`TmuxRuntime`].
 #[derive(Debug, Clone)]
 pub struct TmuxConfig {
-    /// berth's data directory: the socket, launcher scripts, worktrees and scratch
-    /// directories live here.
+    /// berth's data directory: worktrees and scratch directories live in its
+    /// `workspaces/`.
     pub data_dir: PathBuf,
+    /// The daemon's private state (0700): the tmux socket and the launchers live here.
+    /// Never a workspace's working directory. Default: `<data_dir>/state`.
+    pub state_dir: PathBuf,
+    /// The environment every workspace and session process starts from (then the
+    /// spec's variables and berth's `BERTH_*`): never the daemon's own. Default: an
+    /// allow-list of the daemon's ([`base_environment`]).
+    pub environment: Vec<(String, String)>,
     /// Bound on one tmux command.
     pub command_timeout: Duration,
     /// Bound on one git command (worktree add, status).
@@ -53,13 +68,34 @@ pub struct TmuxConfig {
 impl TmuxConfig {
     /// Defaults for a data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         Self {
-            data_dir: data_dir.into(),
+            state_dir: data_dir.join("state"),
+            data_dir,
+            environment: base_environment(),
             command_timeout: Duration::from_secs(5),
             git_timeout: Duration::from_secs(120),
             control_mode: true,
         }
     }
+}
+
+/// The variables of the daemon's environment a workspace process may see: where
+/// programs are, who and where the user is, the locale and the time zone. Nothing
+/// else (no token, no `DOCKER_HOST`, no `SSH_AUTH_SOCK`, no `TMUX`); `PATH` has a
+/// default when the daemon has none.
+pub fn base_environment() -> Vec<(String, String)> {
+    const ALLOWED: [&str; 9] = [
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
+    ];
+    let mut env: Vec<(String, String)> = ALLOWED
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    }
+    env
 }
 
 /// The tmux runtime.
@@ -200,7 +236,11 @@ fn launcher_of(file: &str, name: &str) -> bool {
         return false;
     };
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    digits > 0 && matches!(&rest[digits..], ".sh" | ".exit" | ".exit.tmp" | ".tmp")
+    digits > 0
+        && matches!(
+            &rest[digits..],
+            ".sh" | ".exit" | ".exit.tmp" | ".tmp" | ".token"
+        )
 }
 
 /// Markers of a new tmux session.
@@ -244,6 +284,26 @@ impl Markers<'_> {
     }
 }
 
+/// The variable that carries the workspace token; it reaches the process through a
+/// FIFO, never through the launcher's text.
+const TOKEN_VAR: &str = "BERTH_WORKSPACE_TOKEN";
+
+/// A written launcher: its script, and the secret it waits for.
+#[derive(Debug)]
+struct Launcher {
+    script: PathBuf,
+    secret: Option<token::Pending>,
+}
+
+/// The terminal type panes get (and the server's `default-terminal`): tmux's own when
+/// this host's terminfo has it, else `screen`, which every terminfo has.
+fn pane_terminal() -> &'static str {
+    let known = ["/usr/share/terminfo", "/lib/terminfo", "/etc/terminfo"]
+        .iter()
+        .any(|d| Path::new(d).join("t/tmux-256color").exists());
+    if known { "tmux-256color" } else { "screen" }
+}
+
 /// A process group a launcher recorded, with its live members (proven ours).
 #[derive(Debug)]
 struct Recorded {
@@ -253,12 +313,19 @@ struct Recorded {
 }
 
 impl TmuxRuntime {
-    /// A runtime on `<data dir>/tmux.sock`.
+    /// A runtime on `<state dir>/tmux.sock`.
     pub fn new(config: TmuxConfig) -> Self {
+        use std::os::unix::fs::DirBuilderExt as _;
+        // The socket's directory: tmux makes the socket, not its directory.
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir);
         let tmux = Tmux::new(
-            config.data_dir.join("tmux.sock"),
+            config.state_dir.join("tmux.sock"),
             config.command_timeout,
             config.control_mode,
+            config.environment.clone(),
         );
         Self { tmux, config }
     }
@@ -328,26 +395,38 @@ impl TmuxRuntime {
         dir: Option<&str>,
         env: &std::collections::BTreeMap<String, String>,
         argv: &[String],
-    ) -> Result<PathBuf, RuntimeError> {
+    ) -> Result<Launcher, RuntimeError> {
         let incarnation = m.number();
-        let dir_path = self.config.data_dir.join("launch");
+        let dir_path = self.config.state_dir.join("launch");
         let path = dir_path.join(format!("{name}-{incarnation}.sh"));
         let exit_file = dir_path.join(format!("{name}-{incarnation}.exit"));
         let record = self.record_path(name);
+        // The token goes through a FIFO, never into the script.
+        let mut env = env.clone();
+        let secret = env
+            .remove(TOKEN_VAR)
+            .map(|token| (dir_path.join(format!("{name}-{incarnation}.token")), token));
         let text = launcher::script(
             dir,
-            env,
+            &env,
             argv,
             &exit_file.to_string_lossy(),
             (&record.to_string_lossy(), mark),
+            secret
+                .as_ref()
+                .map(|(fifo, _)| (TOKEN_VAR, fifo.to_str().unwrap_or_default())),
         );
         let tmp = dir_path.join(format!(".{name}-{incarnation}.tmp"));
         let target = path.clone();
+        let fifo = secret.as_ref().map(|(fifo, _)| fifo.clone());
         // One blocking task for the handful of file operations.
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
             std::fs::create_dir_all(&dir_path)?;
             std::fs::set_permissions(&dir_path, std::fs::Permissions::from_mode(0o700))?;
+            if let Some(fifo) = &fifo {
+                token::make_fifo(fifo)?;
+            }
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -359,7 +438,10 @@ impl TmuxRuntime {
         })
         .await;
         match written {
-            Ok(Ok(())) => Ok(path),
+            Ok(Ok(())) => Ok(Launcher {
+                script: path,
+                secret: secret.map(|(fifo, value)| token::Pending::new(fifo, value)),
+            }),
             Ok(Err(e)) => Err(RuntimeError::Other {
                 resource: path.display().to_string(),
                 message: format!("cannot write the launcher: {e}"),
@@ -383,9 +465,20 @@ impl TmuxRuntime {
         let target = exact(name);
         let script = script.to_string_lossy();
         // Never the user's `dir`: tmux expands `-c` as a format (`#(...)` would run a
-        // command). The launcher does `cd` to it, quoted.
+        // command). The launcher does `cd` to it, quoted. Never the state directory
+        // either: `/` until the launcher's `cd`.
         let _ = dir;
-        let cwd = self.config.data_dir.to_string_lossy().into_owned();
+        let term = pane_terminal();
+        // The process starts from nothing but the built environment (`env -i`): not
+        // the tmux server's, which holds `TMUX` and whatever started it.
+        let environment: Vec<String> = self
+            .config
+            .environment
+            .iter()
+            .filter(|(k, _)| k != "TERM")
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain([format!("TERM={term}")])
+            .collect();
         // One invocation: keep finished panes (exit codes) before anything can exit,
         // create the session, mark it. tmux stops at the first failing command.
         let mut args: Vec<&str> = vec![
@@ -395,6 +488,11 @@ impl TmuxRuntime {
             "-gw",
             "remain-on-exit",
             "on",
+            ";",
+            "set-option",
+            "-g",
+            "default-terminal",
+            term,
             ";",
         ];
         args.extend([
@@ -407,10 +505,11 @@ impl TmuxRuntime {
             "-y",
             "50",
             "-c",
-            &cwd,
-            "/bin/sh",
-            &script,
+            "/",
         ]);
+        args.extend(["env", "-i"]);
+        args.extend(environment.iter().map(String::as_str));
+        args.extend(["/bin/sh", &script]);
         args.extend([";", "set-option", "-t", &target, "@berth", mark]);
         let out = self.tmux.run(&args, None).await?;
         if out.ok {
@@ -442,6 +541,20 @@ impl TmuxRuntime {
         })
     }
 
+    /// Gives a created session's launcher its secret, if it waits for one.
+    async fn hand_over(&self, name: &str, launcher: Launcher) -> Result<(), RuntimeError> {
+        let Some(secret) = launcher.secret else {
+            return Ok(());
+        };
+        secret
+            .deliver(self.config.command_timeout)
+            .await
+            .map_err(|message| RuntimeError::Other {
+                resource: name.to_owned(),
+                message,
+            })
+    }
+
     /// Fills in the exit status of a dead pane from the file its launcher wrote, when
     /// tmux itself does not know it.
     async fn settle(&self, pane: &mut Pane) {
@@ -451,7 +564,7 @@ impl TmuxRuntime {
         let n = pane.number();
         let file = self
             .config
-            .data_dir
+            .state_dir
             .join("launch")
             .join(format!("{}-{n}.exit", pane.session));
         if let Ok(text) = tokio::fs::read_to_string(&file).await {
@@ -603,7 +716,8 @@ impl TmuxRuntime {
     /// Session names with a launcher record but no tmux session in `listed`.
     async fn unlisted_records(&self, listed: &std::collections::HashSet<String>) -> Vec<String> {
         let mut out = Vec::new();
-        let Ok(mut entries) = tokio::fs::read_dir(self.config.data_dir.join("launch")).await else {
+        let Ok(mut entries) = tokio::fs::read_dir(self.config.state_dir.join("launch")).await
+        else {
             return out;
         };
         while let Ok(Some(entry)) = entries.next_entry().await {
@@ -620,7 +734,7 @@ impl TmuxRuntime {
     /// Where the launcher of session `name` records its process group.
     fn record_path(&self, name: &str) -> PathBuf {
         self.config
-            .data_dir
+            .state_dir
             .join("launch")
             .join(format!("{name}.pid"))
     }
@@ -651,7 +765,7 @@ impl TmuxRuntime {
     fn group_identity(&self, pane: &Pane) -> (String, String) {
         let script = self
             .config
-            .data_dir
+            .state_dir
             .join("launch")
             .join(format!("{}-{}.sh", pane.session, pane.number()))
             .to_string_lossy()
@@ -674,7 +788,7 @@ impl TmuxRuntime {
     }
 
     async fn remove_launchers(&self, name: &str) {
-        let dir = self.config.data_dir.join("launch");
+        let dir = self.config.state_dir.join("launch");
         let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
             return;
         };
@@ -704,6 +818,17 @@ impl ProcessRuntime for TmuxRuntime {
             return Err(SpecRefusal {
                 field: "limits",
                 message: "the tmux runtime cannot enforce resource limits; use the docker runtime for limits".into(),
+            });
+        }
+        if let Some(dir) = &spec.dir
+            && dirs::reaches_into(Path::new(dir), &self.config.state_dir, false)
+        {
+            return Err(SpecRefusal {
+                field: "dir",
+                message: format!(
+                    "{dir} is inside berth's state directory {}; a workspace never works there",
+                    self.config.state_dir.display()
+                ),
             });
         }
         Ok(())
@@ -748,7 +873,7 @@ impl ProcessRuntime for TmuxRuntime {
         let mark = markers.text();
         // Create first (one tmux process in the common case); only a taken name is
         // inspected. Rewriting the launcher is safe: a running shell keeps the old file.
-        let script = self
+        let launcher = self
             .write_launcher(
                 &name,
                 &markers,
@@ -759,9 +884,17 @@ impl ProcessRuntime for TmuxRuntime {
             )
             .await?;
         match self
-            .create(&name, request.dir.as_deref(), &script, &markers, &mark)
+            .create(
+                &name,
+                request.dir.as_deref(),
+                &launcher.script,
+                &markers,
+                &mark,
+            )
             .await
         {
+            Ok(()) => return self.hand_over(&name, launcher).await,
+            // The undelivered secret is released with `launcher`.
             Err(RuntimeError::Conflict {
                 reason: ConflictReason::NameInUse,
                 ..
@@ -948,7 +1081,7 @@ impl ProcessRuntime for TmuxRuntime {
             generation: launch.generation.0,
         };
         let mark = markers.text();
-        let script = self
+        let launcher = self
             .write_launcher(
                 &name,
                 &markers,
@@ -958,8 +1091,15 @@ impl ProcessRuntime for TmuxRuntime {
                 &launch.command,
             )
             .await?;
-        self.create(&name, launch.dir.as_deref(), &script, &markers, &mark)
-            .await
+        self.create(
+            &name,
+            launch.dir.as_deref(),
+            &launcher.script,
+            &markers,
+            &mark,
+        )
+        .await?;
+        self.hand_over(&name, launcher).await
     }
 
     async fn inspect_session(

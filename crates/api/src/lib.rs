@@ -7,6 +7,8 @@
 //! - [`serve`] (feature `daemon`): the composition root. `berth serve` wires the SQLite
 //!   store, the tmux and Docker runtimes, the engine and the router; the only module
 //!   that names concrete adapters.
+//! - [`server`] (feature `daemon`): the HTTP server `serve` runs the router on, with a
+//!   connection limit and a header-read timeout.
 //! - [`cli`] (feature `daemon`): the `berth` commands that talk to a running daemon.
 
 pub mod http;
@@ -15,5 +17,7 @@ pub mod http;
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod serve;
+#[cfg(feature = "daemon")]
+pub mod server;
 
 pub use http::{AppState, router};

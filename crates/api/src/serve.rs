@@ -61,9 +61,24 @@ pub struct ServeArgs {
     /// A start still `starting` after this fails with `start_timeout`. [default: 120s]
     #[arg(long, env = "BERTH_START_CEILING", value_parser = humantime::parse_duration)]
     pub start_ceiling: Option<Duration>,
+    /// A request's headers must arrive within this (also the idle timeout of a
+    /// keep-alive connection). [default: 10s]
+    #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Connections served at once; more wait in the listen backlog. [default: 512]
+    #[arg(long, env = "BERTH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Serve plain HTTP on a non-loopback address (refused without it: bearer tokens
+    /// would cross the network in clear).
+    #[arg(long, env = "BERTH_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
     /// SIGTERM to SIGKILL delay when stopping a workspace. [default: 10s]
     #[arg(long, env = "BERTH_STOP_GRACE", value_parser = humantime::parse_duration)]
     pub stop_grace: Option<Duration>,
+    /// Bound on one runtime listing or inspection (reconcile, readiness, recovery): a
+    /// runtime that does not answer within it is reported degraded. [default: 15s]
+    #[arg(long, env = "BERTH_RUNTIME_CALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub runtime_call_timeout: Option<Duration>,
     /// On shutdown, how long in-flight ops may finish before they are interrupted.
     /// [default: 10s]
     #[arg(long, env = "BERTH_DRAIN_DEADLINE", value_parser = humantime::parse_duration)]
@@ -91,6 +106,11 @@ struct FileConfig {
     start_ceiling: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     stop_grace: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    runtime_call_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    header_read_timeout: Option<Duration>,
+    max_connections: Option<usize>,
     #[serde(default, with = "opt_duration")]
     drain_deadline: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -127,6 +147,10 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Default image of docker workspaces.
     pub docker_image: Option<String>,
+    /// Plain HTTP on a non-loopback address was asked for.
+    pub insecure_listen: bool,
+    /// The HTTP server's limits.
+    pub server: crate::server::ServerLimits,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/berth`, else `~/.local/share/berth`.
@@ -178,6 +202,10 @@ impl ServeArgs {
                 .or(file.start_ceiling)
                 .unwrap_or(d.start_ceiling),
             stop_grace: self.stop_grace.or(file.stop_grace).unwrap_or(d.stop_grace),
+            runtime_call_timeout: self
+                .runtime_call_timeout
+                .or(file.runtime_call_timeout)
+                .unwrap_or(d.runtime_call_timeout),
             drain_deadline: self
                 .drain_deadline
                 .or(file.drain_deadline)
@@ -198,6 +226,20 @@ impl ServeArgs {
                 .or(file.request_timeout)
                 .unwrap_or(Duration::from_secs(300)),
             docker_image: self.docker_image.clone().or(file.docker_image),
+            insecure_listen: self.insecure_listen,
+            server: {
+                let d = crate::server::ServerLimits::default();
+                crate::server::ServerLimits {
+                    max_connections: self
+                        .max_connections
+                        .or(file.max_connections)
+                        .unwrap_or(d.max_connections),
+                    header_read_timeout: self
+                        .header_read_timeout
+                        .or(file.header_read_timeout)
+                        .unwrap_or(d.header_read_timeout),
+                }
+            },
         })
     }
 }
@@ -208,39 +250,95 @@ fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
 }
 
-/// Creates the data directory (0700) if needed.
+/// Creates the data directory and its `state/` (both 0700) if needed, and tightens
+/// either when a looser mode is found.
 ///
 /// # Errors
-/// The directory cannot be created or secured.
+/// A directory cannot be created or secured.
 pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    private_dir(dir, "data directory")?;
+    private_dir(&state_dir(dir), "state directory")
+}
+
+fn private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .with_context(|| format!("creating data directory {}", dir.display()))?;
+            .with_context(|| format!("creating {what} {}", dir.display()))?;
     }
-    let meta =
-        std::fs::metadata(dir).with_context(|| format!("data directory {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("{what} {}", dir.display()))?;
     if !meta.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
     if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "tightening a {what} others could read to 0700");
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("securing data directory {}", dir.display()))?;
+            .with_context(|| format!("securing {what} {}", dir.display()))?;
     }
     Ok(())
 }
 
-/// Takes the data directory's exclusive lock (`daemon.lock`, an advisory file lock the
-/// kernel drops when the process exits, however it exits).
+/// The daemon's private state inside a data directory (0700): the database, the admin
+/// token, the daemon's lock and URL, the tmux socket and the launchers. No workspace
+/// directory is ever inside it, and a Docker `dir` inside it is refused.
+pub fn state_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state")
+}
+
+/// What an older berth kept at the top of the data directory, now in `state/`.
+const LEGACY_STATE: [&str; 6] = [
+    "berth.db",
+    "berth.db-wal",
+    "berth.db-shm",
+    "admin.token",
+    "tmux.sock",
+    "launch",
+];
+
+/// Moves an older layout's state (the database, the admin token, the tmux socket and
+/// the launchers at the top of the data directory) into `state/`. Called under the
+/// new lock; refused while an older daemon still holds the old one. A tmux server
+/// keeps serving a renamed socket, so running workspaces stay reachable.
+///
+/// # Errors
+/// An older daemon runs on the directory, or a rename fails.
+pub fn migrate_legacy_layout(data_dir: &Path) -> anyhow::Result<()> {
+    let state = state_dir(data_dir);
+    let legacy_lock = data_dir.join("daemon.lock");
+    if let Ok(file) = std::fs::File::open(&legacy_lock) {
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+            bail!(
+                "an older berth serve still runs on the data directory {} (it holds {}); stop it first",
+                data_dir.display(),
+                legacy_lock.display()
+            );
+        }
+        let _ = std::fs::remove_file(&legacy_lock);
+    }
+    let _ = std::fs::remove_file(data_dir.join("daemon.url"));
+    for name in LEGACY_STATE {
+        let old = data_dir.join(name);
+        let new = state.join(name);
+        if std::fs::symlink_metadata(&old).is_ok() && std::fs::symlink_metadata(&new).is_err() {
+            std::fs::rename(&old, &new)
+                .with_context(|| format!("moving {} to {}", old.display(), new.display()))?;
+            tracing::info!(from = %old.display(), to = %new.display(), "moved state of an older layout");
+        }
+    }
+    Ok(())
+}
+
+/// Takes the data directory's exclusive lock (`state/daemon.lock`, an advisory file
+/// lock the kernel drops when the process exits, however it exits).
 ///
 /// # Errors
 /// Another process holds it, or the file cannot be opened.
 pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("daemon.lock");
+    let path = state_dir(dir).join("daemon.lock");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -262,14 +360,26 @@ pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// The admin token file in a data directory.
+/// Whether a daemon holds the data directory's lock now (a shared lock cannot be had).
+/// A directory without a lock file has no daemon.
+pub fn data_dir_in_use(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(state_dir(dir).join("daemon.lock")) else {
+        return false;
+    };
+    matches!(
+        file.try_lock_shared(),
+        Err(std::fs::TryLockError::WouldBlock)
+    )
+}
+
+/// The admin token file of a data directory.
 pub fn token_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("admin.token")
+    state_dir(data_dir).join("admin.token")
 }
 
 /// The file where a running daemon writes its URL.
 pub fn url_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("daemon.url")
+    state_dir(data_dir).join("daemon.url")
 }
 
 /// Reads the admin token file, or creates it (0600) with a fresh random token.
@@ -281,7 +391,10 @@ pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = token_path(data_dir);
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(t) if !t.trim().is_empty() => {
+            tighten_token_file(&path)?;
+            return Ok(t.trim().to_owned());
+        }
         Ok(_) => bail!(
             "{} is empty; delete it to generate a new token",
             path.display()
@@ -303,6 +416,22 @@ pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// An admin token file others could read is made 0600, with a warning: whoever could
+/// read it may have the token, so it should be rotated (delete the file and restart).
+fn tighten_token_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("securing {}", path.display()))?;
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the admin token file was readable by others: made 0600; rotate the token (delete the file and restart) if others may have read it");
+    }
+    Ok(())
+}
+
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -319,6 +448,32 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bearer tokens over plain HTTP are only safe on loopback: any other address is
+/// refused unless `--insecure-listen` says the network is trusted (and then warned
+/// about).
+fn refuse_plain_http_beyond_loopback(
+    listener: &tokio::net::TcpListener,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !insecure {
+        bail!(
+            "refusing to serve bearer tokens over plain HTTP on {addr}, a non-loopback address: listen on 127.0.0.1 (and reach it through an SSH tunnel or a TLS proxy), or pass --insecure-listen if this network is trusted"
+        );
+    }
+    tracing::warn!(%addr, "serving bearer tokens over plain HTTP on a non-loopback address (--insecure-listen): anyone on this network who can read the traffic can take the tokens");
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "berth: WARNING: plain HTTP on {addr} (--insecure-listen): tokens cross the network in clear"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the daemon until a signal. Returns the process exit code.
 ///
 /// # Errors
@@ -328,6 +483,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     ensure_data_dir(&settings.data_dir)?;
     // Held until the process exits: one daemon per data directory.
     let _lock = lock_data_dir(&settings.data_dir)?;
+    migrate_legacy_layout(&settings.data_dir)?;
     let token = match &settings.token {
         Some(t) if t.len() >= 16 => t.clone(),
         Some(_) => bail!("the admin token must be at least 16 characters"),
@@ -336,13 +492,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
+    refuse_plain_http_beyond_loopback(&listener, settings.insecure_listen)?;
     let addr: SocketAddr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
     // This daemon is the data directory's only writer (`daemon.lock`): the store's
     // single-writer model, under which the engine serves rows it committed from memory.
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open_in(&settings.data_dir, SqliteOptions::default())
+        SqliteStore::open_in(&state_dir(&settings.data_dir), SqliteOptions::default())
             .await
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
     );
@@ -359,14 +516,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let server_stop = CancellationToken::new();
     let server_closing = server_stop.clone();
     let server_tasks = TaskTracker::new();
-    server_tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_closing.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "the HTTP server failed");
-        }
-    });
+    server_tasks.spawn(crate::server::serve(
+        listener,
+        app,
+        settings.server,
+        server_closing,
+    ));
     server_tasks.close();
     write_private(&url_path(&settings.data_dir), &url)?;
     // The first line is the URL alone, for scripts; the rest is for people.
@@ -379,6 +534,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let tmux_version = TmuxRuntime::version().await;
     let docker = Arc::new(DockerRuntime::new(DockerConfig {
         default_image: settings.docker_image.clone(),
+        protected_dir: Some(settings.data_dir.clone()),
         ..DockerConfig::default()
     }));
     // Probed beside boot recovery, bounded, and never waited for past it: a Docker
@@ -548,5 +704,48 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_beats_the_config_file_which_beats_the_default() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            "runtime_call_timeout = \"3s\"\nstop_grace = \"4s\"\n",
+        )
+        .expect("config file");
+        let args = ServeArgs {
+            data_dir: Some(dir.path().to_owned()),
+            runtime_call_timeout: Some(Duration::from_secs(7)),
+            ..ServeArgs::default()
+        };
+        let settings = args.settings().expect("settings");
+        assert_eq!(settings.engine.runtime_call_timeout, Duration::from_secs(7));
+        assert_eq!(settings.engine.stop_grace, Duration::from_secs(4));
+        let from_file = ServeArgs {
+            data_dir: Some(dir.path().to_owned()),
+            ..ServeArgs::default()
+        }
+        .settings()
+        .expect("settings");
+        assert_eq!(
+            from_file.engine.runtime_call_timeout,
+            Duration::from_secs(3)
+        );
+        let defaults = ServeArgs {
+            data_dir: Some(dir.path().join("elsewhere")),
+            ..ServeArgs::default()
+        }
+        .settings()
+        .expect("settings");
+        assert_eq!(
+            defaults.engine.runtime_call_timeout,
+            EngineConfig::default().runtime_call_timeout
+        );
     }
 }

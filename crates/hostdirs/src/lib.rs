@@ -52,6 +52,44 @@ impl WorkDir {
     }
 }
 
+/// `path` with symlinks resolved as far as it exists, and `.`/`..` removed lexically
+/// from the rest (a directory that does not exist yet is judged by where it would be).
+pub fn resolved(path: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return normalized(path);
+    };
+    if parent.as_os_str().is_empty() {
+        return normalized(path);
+    }
+    normalized(&resolved(parent).join(name))
+}
+
+fn normalized(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Whether a workspace's `dir` would reach into `protected` (berth's own directory):
+/// it lies inside it or, with `or_holding`, holds it (a container given `$HOME` would
+/// see `$HOME/.local/share/berth`). Both are compared resolved.
+pub fn reaches_into(dir: &Path, protected: &Path, or_holding: bool) -> bool {
+    let dir = resolved(dir);
+    let protected = resolved(protected);
+    dir.starts_with(&protected) || (or_holding && protected.starts_with(&dir))
+}
+
 fn other(resource: &Path, message: impl Into<String>) -> RuntimeError {
     RuntimeError::Other {
         resource: resource.display().to_string(),
@@ -267,5 +305,31 @@ mod tests {
             vec!["src/main.rs", "notes with space.txt", "new.rs"]
         );
         assert!(porcelain_files(b"").is_empty());
+    }
+
+    #[test]
+    fn a_dir_reaches_into_berths_directory_however_it_is_spelled() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        std::fs::create_dir_all(data.join("state")).unwrap();
+        std::fs::create_dir_all(root.path().join("repo")).unwrap();
+        std::os::unix::fs::symlink(data.join("state"), root.path().join("link")).unwrap();
+        let inside = [
+            data.join("state"),
+            data.join("state/launch"),
+            root.path().join("repo/../data/state"),
+            root.path().join("link"),
+            root.path().join("link/not-yet"),
+        ];
+        for dir in inside {
+            assert!(reaches_into(&dir, &data, false), "{}", dir.display());
+        }
+        assert!(!reaches_into(&root.path().join("repo"), &data, true));
+        assert!(!reaches_into(&root.path().join("data-other"), &data, true));
+        assert!(!reaches_into(root.path(), &data, false));
+        assert!(
+            reaches_into(root.path(), &data, true),
+            "it holds the data dir"
+        );
     }
 }

@@ -6,4 +6,5 @@ mod docker;
 mod faults;
 mod lifecycle;
 mod quickstart;
+mod security;
 mod shutdown;

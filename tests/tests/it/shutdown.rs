@@ -122,7 +122,7 @@ async fn sigterm_drains_exits_zero_keeps_workspaces_and_the_next_serve_recovers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_the_same_data_dir_is_refused_and_the_first_keeps_serving() {
     let mut d = Daemon::start(&[]).await.expect("daemon");
-    let url_file = d.data_dir().join("daemon.url");
+    let url_file = d.data_dir().join("state/daemon.url");
     let before = std::fs::read_to_string(&url_file).expect("daemon.url");
     let second = tokio::time::timeout(
         Duration::from_secs(30),

@@ -160,8 +160,22 @@ fn data_dir(dir: &Path) -> Vec<(Level, String, String)> {
 }
 
 async fn daemon(target: &Target) -> (Level, String) {
-    let Ok(url) = target.base_url() else {
-        return (Level::Warn, "no daemon URL".into());
+    let url = match target.base_url() {
+        Ok(url) => url,
+        Err(e) => {
+            // No daemon of this data directory: say whether one could start on the
+            // default address, without talking to whatever listens there.
+            let addr = crate::serve::DEFAULT_LISTEN;
+            return match std::net::TcpListener::bind(addr) {
+                Ok(_) => (Level::Ok, format!("{e}; {addr} is free for `berth serve`")),
+                Err(bind) => (
+                    Level::Warn,
+                    format!(
+                        "{e}; {addr} is taken by another process ({bind}): `berth serve --listen` another address"
+                    ),
+                ),
+            };
+        }
     };
     let client = reqwest::Client::new();
     match client

@@ -16,12 +16,12 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::serve::{DEFAULT_LISTEN, default_data_dir, token_path, url_path};
+use crate::serve::{default_data_dir, token_path, url_path};
 
 /// How the client reaches the daemon.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// Daemon URL. Default: <data dir>/daemon.url, else http://127.0.0.1:7421.
+    /// Daemon URL. Default: the <data dir>/daemon.url of the daemon running there.
     #[arg(long, env = "BERTH_URL", global = true)]
     pub url: Option<String>,
     /// Admin token. Default: <data dir>/admin.token.
@@ -65,19 +65,34 @@ impl Target {
         }
     }
 
-    /// The daemon URL this target resolves to.
+    /// The daemon URL this target resolves to: `--url`/`BERTH_URL`, else the
+    /// `daemon.url` the running daemon of the data directory wrote. Never a guessed
+    /// address: whoever listens there would be sent the admin token.
     ///
     /// # Errors
-    /// No data directory can be determined.
+    /// No URL was given and no daemon runs on the data directory (no `daemon.url`, or
+    /// one left by a daemon that no longer holds the directory's lock).
     pub fn base_url(&self) -> anyhow::Result<String> {
         if let Some(u) = &self.url {
             return Ok(u.trim_end_matches('/').to_owned());
         }
         let dir = self.data_dir()?;
-        match std::fs::read_to_string(url_path(&dir)) {
-            Ok(u) if !u.trim().is_empty() => Ok(u.trim().trim_end_matches('/').to_owned()),
-            _ => Ok(format!("http://{DEFAULT_LISTEN}")),
+        let not_running = || {
+            anyhow::anyhow!(
+                "no berth daemon runs on the data directory {} (start one with `berth serve`, or pass --url / BERTH_URL)",
+                dir.display()
+            )
+        };
+        let url = match std::fs::read_to_string(url_path(&dir)) {
+            Ok(u) if !u.trim().is_empty() => u.trim().trim_end_matches('/').to_owned(),
+            _ => return Err(not_running()),
+        };
+        // A `daemon.url` left by a daemon that died (SIGKILL leaves it): the directory's
+        // lock is free, and another process may listen on that address by now.
+        if !crate::serve::data_dir_in_use(&dir) {
+            return Err(not_running());
         }
+        Ok(url)
     }
 
     /// Connects (no request is made yet).

@@ -82,5 +82,8 @@ fn workspace_may(ws: &Workspace, method: &axum::http::Method, path: &str) -> boo
         return false;
     };
     let target = rest.split('/').next().unwrap_or("");
-    target == ws.id.as_str() || target == ws.name.as_str()
+    // The route resolves an id before a name, so a name only counts when it cannot be
+    // read as an id (names are refused that form at creation; this holds regardless).
+    target == ws.id.as_str()
+        || (target == ws.name.as_str() && berth_core::ids::WorkspaceId::parse(target).is_err())
 }

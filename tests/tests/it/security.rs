@@ -1,0 +1,389 @@
+//! The isolation and secrets matrix (docs/security.md): what a workspace can reach of
+//! the daemon's keys, what the data directory holds and with which modes, what the CLI
+//! sends where, and what the HTTP server tolerates from a local attacker. Each test
+//! is an attempt and its expected outcome.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use berth_tests::{Daemon, berth_bin, read_when_written};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `KEY=value` lines of an `env` dump (values with newlines are not used here).
+fn env_of(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Every regular file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file()
+                && std::fs::read(e.path())
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A daemon started with the admin token and other secrets in its environment hands
+/// none of them to a workspace or a session: they see the allow-list, the spec's
+/// variables and berth's own, no `TMUX`, and a working directory outside the state
+/// directory. The workspace token they do get works, and is on disk nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_daemon_secret_reaches_a_tmux_workspace_or_session() {
+    let admin = "admin-token-that-must-not-leak-0123456789";
+    let d = Daemon::start_with_env(
+        &[],
+        &[
+            ("BERTH_TOKEN", admin),
+            ("AWS_SECRET_ACCESS_KEY", "daemon-only-secret"),
+            ("DOCKER_HOST", "unix:///var/run/docker.sock"),
+        ],
+    )
+    .await
+    .expect("daemon");
+    assert_eq!(d.token, admin, "the daemon took its token from BERTH_TOKEN");
+    let out = tempfile::tempdir().expect("temp dir");
+    let main_env = out.path().join("main.env");
+    let script = format!(
+        "env > '{}.tmp'; pwd >> '{}.tmp'; mv '{}.tmp' '{}'; exec sleep 600",
+        main_env.display(),
+        main_env.display(),
+        main_env.display(),
+        main_env.display()
+    );
+    let (s, v) = d
+        .post(
+            "/v1/workspaces",
+            json!({"name": "probe", "command": ["sh", "-c", script], "env": {"MINE": "spec value"}, "start": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["workspace"]["id"].as_str().expect("id").to_owned();
+    let text = read_when_written(&main_env, Duration::from_secs(20))
+        .await
+        .expect("the workspace wrote its environment");
+    let cwd = text.lines().last().expect("pwd").to_owned();
+    let env = env_of(&text);
+    let leaked: Vec<&String> = env
+        .iter()
+        .filter(|(_, v)| v.contains(admin) || v.contains("daemon-only-secret"))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(leaked.is_empty(), "daemon secrets in {leaked:?}: {text}");
+    for name in [
+        "TMUX",
+        "TMUX_PANE",
+        "BERTH_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "DOCKER_HOST",
+        "BERTH_LOG",
+    ] {
+        assert!(
+            !env.contains_key(name),
+            "{name} reached the workspace: {text}"
+        );
+    }
+    assert_eq!(env.get("MINE").map(String::as_str), Some("spec value"));
+    assert_eq!(env.get("BERTH_WORKSPACE_ID"), Some(&id));
+    assert!(env.contains_key("PATH"), "{text}");
+    let state = d.data_dir().join("state");
+    assert!(
+        !Path::new(&cwd).starts_with(&state),
+        "the working directory {cwd} is inside the state directory"
+    );
+    // Its own token works for its own workspace, and is written nowhere.
+    let token = env
+        .get("BERTH_WORKSPACE_TOKEN")
+        .expect("the workspace token")
+        .clone();
+    let (s, v) = d
+        .call_as(Some(&token), reqwest::Method::GET, "/v1/self", None)
+        .await;
+    assert_eq!((s, v["id"].as_str()), (200, Some(id.as_str())), "{v}");
+    assert_eq!(
+        files_containing(d.data_dir(), &token),
+        Vec::<String>::new(),
+        "the workspace token is on disk in clear"
+    );
+
+    // A session: the same built environment.
+    let session_env = out.path().join("session.env");
+    let script = format!(
+        "env > '{}.tmp'; mv '{}.tmp' '{}'; exec sleep 600",
+        session_env.display(),
+        session_env.display(),
+        session_env.display()
+    );
+    let (s, v) = d
+        .post(
+            &format!("/v1/workspaces/{id}/sessions"),
+            json!({"name": "agent", "command": ["sh", "-c", script]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let text = read_when_written(&session_env, Duration::from_secs(20))
+        .await
+        .expect("the session wrote its environment");
+    let env = env_of(&text);
+    for name in [
+        "TMUX",
+        "TMUX_PANE",
+        "BERTH_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "DOCKER_HOST",
+    ] {
+        assert!(
+            !env.contains_key(name),
+            "{name} reached the session: {text}"
+        );
+    }
+    assert!(!text.contains(admin), "{text}");
+    assert_eq!(env.get("BERTH_SESSION").map(String::as_str), Some("agent"));
+    let (s, _) = d.delete(&format!("/v1/workspaces/{id}?force=true")).await;
+    assert_eq!(s, 200);
+}
+
+/// The data directory: the state directory and its files are the owner's alone, and
+/// an admin token file others could read is tightened at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_directory_is_private_and_a_loose_token_file_is_tightened() {
+    let mut d = Daemon::start(&[]).await.expect("daemon");
+    let state = d.data_dir().join("state");
+    assert_eq!(mode(d.data_dir()), 0o700);
+    assert_eq!(mode(&state), 0o700);
+    for file in ["admin.token", "daemon.url", "daemon.lock"] {
+        assert_eq!(mode(&state.join(file)), 0o600, "{file}");
+    }
+    let id = d.running("modes", "exec sleep 600").await;
+    assert_eq!(mode(&state.join("launch")), 0o700);
+    let token = state.join("admin.token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    d.restart().await.expect("restart");
+    assert_eq!(mode(&token), 0o600, "the loose token file was tightened");
+    assert_eq!(
+        mode(&state),
+        0o700,
+        "the loose state directory was tightened"
+    );
+    let (s, _) = d.delete(&format!("/v1/workspaces/{id}?force=true")).await;
+    assert_eq!(s, 200);
+}
+
+/// A data directory of the older layout (database, token and tmux socket at its top)
+/// is moved into `state/` at start, and its running workspace is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_layout_is_moved_into_the_state_directory_keeping_its_workspaces() {
+    let mut d = Daemon::start(&[]).await.expect("daemon");
+    let id = d.running("kept", "exec sleep 600").await;
+    d.terminate().await.expect("terminate");
+    let state = d.data_dir().join("state");
+    for name in ["berth.db", "admin.token", "tmux.sock", "launch"] {
+        std::fs::rename(state.join(name), d.data_dir().join(name)).expect("back to the old layout");
+    }
+    d.restart().await.expect("restart");
+    assert!(state.join("berth.db").exists() && !d.data_dir().join("berth.db").exists());
+    let (s, v) = d.get(&format!("/v1/workspaces/{id}")).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{v}");
+    let (s, _) = d.delete(&format!("/v1/workspaces/{id}?force=true")).await;
+    assert_eq!(s, 200);
+}
+
+/// The CLI sends the admin token only to the daemon of its data directory: with no
+/// daemon running it refuses, and it never follows a `daemon.url` a dead daemon left
+/// (another process may listen there now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_never_sends_the_token_to_an_address_no_daemon_of_its_data_dir_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(state.join("admin.token"), "a-token-for-nobody-else-0123").expect("token");
+    // A stand-in listener, announced by a daemon.url no daemon holds the lock for.
+    let stand_in = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = stand_in.local_addr().expect("addr");
+    let run = |args: &'static [&'static str]| {
+        let dir = dir.path().to_owned();
+        async move {
+            tokio::process::Command::new(berth_bin())
+                .args(args)
+                .env("BERTH_DATA_DIR", dir)
+                .env_remove("BERTH_URL")
+                .env_remove("BERTH_TOKEN")
+                .output()
+                .await
+                .expect("berth")
+        }
+    };
+    for with_url in [false, true] {
+        if with_url {
+            std::fs::write(state.join("daemon.url"), format!("http://{addr}")).expect("url");
+            std::fs::write(state.join("daemon.lock"), "").expect("lock file");
+        }
+        let out = run(&["ws", "ls"]).await;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no berth daemon runs"), "{stderr}");
+        let doctor = run(&["doctor"]).await;
+        let text = String::from_utf8_lossy(&doctor.stdout);
+        assert!(text.contains("no berth daemon runs"), "{text}");
+    }
+    // Nothing ever connected to the stand-in.
+    let accepted = tokio::time::timeout(Duration::from_millis(200), stand_in.accept()).await;
+    assert!(accepted.is_err(), "the CLI connected to the stand-in");
+}
+
+/// The HTTP server closes a connection whose headers do not arrive in time, and
+/// refuses plain HTTP on a non-loopback address unless told the network is trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_plain_http_stays_on_loopback() {
+    let d = Daemon::start(&["--header-read-timeout", "1s"])
+        .await
+        .expect("daemon");
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half the headers");
+    let mut buf = Vec::new();
+    // A stall detector, not a speed test: the server's timeout is 1 s.
+    let closed = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "a connection with half-sent headers stayed open"
+    );
+    // An idle connection never sends anything: closed too.
+    let mut idle = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let closed = tokio::time::timeout(Duration::from_secs(20), idle.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "an idle connection stayed open");
+    // The daemon still serves.
+    let (s, _) = d.get("/v1/workspaces").await;
+    assert_eq!(s, 200);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tokio::process::Command::new(berth_bin())
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("BERTH_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("the refused serve exits")
+        .expect("berth");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--insecure-listen"), "{stderr}");
+}
+
+/// What a spec may not ask of Docker, refused at create (422, the field named, nothing
+/// created), with or without a Docker daemon: limits of 0 (Docker's "no limit") or
+/// above the daemon's maximum, and a `dir` reaching into berth's own directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_specs_that_would_lift_limits_or_mount_berths_state_are_refused() {
+    let d = Daemon::start(&["--docker-image", "busybox"])
+        .await
+        .expect("daemon");
+    let state = d.data_dir().join("state");
+    let cases = [
+        (
+            json!({"limits": {"memory_bytes": 0}}),
+            "limits.memory_bytes",
+        ),
+        (json!({"limits": {"pids": 0}}), "limits.pids"),
+        (json!({"limits": {"millicpus": 0}}), "limits.millicpus"),
+        (
+            json!({"limits": {"memory_bytes": u64::MAX}}),
+            "limits.memory_bytes",
+        ),
+        (json!({"dir": state.display().to_string()}), "dir"),
+        (json!({"dir": d.data_dir().display().to_string()}), "dir"),
+        (
+            json!({"dir": d.data_dir().parent().expect("parent").display().to_string()}),
+            "dir",
+        ),
+    ];
+    for (i, (extra, field)) in cases.into_iter().enumerate() {
+        let mut body = json!({"name": format!("bad-{i}"), "runtime": "docker"});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (s, v) = d.post("/v1/workspaces", body.clone()).await;
+        assert_eq!(
+            (
+                s,
+                v["error"]["code"].as_str(),
+                v["error"]["details"]["field"].as_str()
+            ),
+            (422, Some("validation_failed"), Some(field)),
+            "{body}: {v}"
+        );
+    }
+    let (_, v) = d.get("/v1/workspaces").await;
+    assert_eq!(v["items"], json!([]), "nothing was created");
+    // And a tmux workspace may not work inside the state directory.
+    let (s, v) = d
+        .post(
+            "/v1/workspaces",
+            json!({"name": "in-state", "dir": state.join("launch").display().to_string()}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["details"]["field"].as_str()),
+        (422, Some("dir")),
+        "{v}"
+    );
+}
+
+/// A workspace token reads its own workspace only, whatever name the caller chose: a
+/// name spelled like another workspace's id is refused at create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_never_alias_ids() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let a = d.running("victim", "exec sleep 600").await;
+    let (s, v) = d
+        .post(
+            "/v1/workspaces",
+            json!({"name": a, "command": ["sleep", "1"]}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("validation_failed")),
+        "{v}"
+    );
+    let (s, _) = d.delete(&format!("/v1/workspaces/{a}?force=true")).await;
+    assert_eq!(s, 200);
+}
