@@ -548,6 +548,8 @@ impl DockerRuntime {
                 nano_cpus: Some(nano_cpus),
                 pids_limit: Some(pids),
                 mounts: Some(vec![mount]),
+                // `network: false`: no interface but loopback.
+                network_mode: (request.spec.network == Some(false)).then(|| "none".to_owned()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -828,6 +830,12 @@ impl ProcessRuntime for DockerRuntime {
         }
         if let Some(limits) = &spec.limits {
             self.check_limits(limits)?;
+        }
+        if spec.sandbox == Some(berth_core::model::Sandbox::Landlock) {
+            return Err(SpecRefusal {
+                field: "sandbox",
+                message: "sandbox landlock is for tmux workspaces; a container is confined by Docker (capabilities dropped, no-new-privileges, limits; network false for no network)".into(),
+            });
         }
         if let (Some(dir), Some(protected)) = (&spec.dir, &self.config.protected_dir)
             && berth_hostdirs::reaches_into(std::path::Path::new(dir), protected, true)

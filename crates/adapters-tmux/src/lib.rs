@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::ids::{EngineId, Generation, Incarnation, RuntimeKind, SessionName, WorkspaceId};
-use berth_core::model::WorkspaceSpec;
+use berth_core::model::{Sandbox, WorkspaceSpec};
 use berth_core::ports::{
     CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime,
     ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef, SpecRefusal,
@@ -63,6 +63,12 @@ pub struct TmuxConfig {
     /// Drive tmux through one persistent control-mode client (`tmux -C`) instead of a
     /// process per command, falling back to the CLI when it fails. Default: on.
     pub control_mode: bool,
+    /// The sandbox of workspaces whose spec names none. Default: `none`.
+    pub default_sandbox: Sandbox,
+    /// The program that enters the sandbox and runs the launcher (`<it> sandbox-exec
+    /// --policy <json> -- /bin/sh <launcher>`: the `berth` binary). `None`: sandboxed
+    /// workspaces are refused.
+    pub sandbox_helper: Option<PathBuf>,
 }
 
 impl TmuxConfig {
@@ -73,6 +79,8 @@ impl TmuxConfig {
             state_dir: data_dir.join("state"),
             data_dir,
             environment: base_environment(),
+            default_sandbox: Sandbox::None,
+            sandbox_helper: None,
             command_timeout: Duration::from_secs(5),
             git_timeout: Duration::from_secs(120),
             control_mode: true,
@@ -103,6 +111,8 @@ pub fn base_environment() -> Vec<(String, String)> {
 pub struct TmuxRuntime {
     tmux: Tmux,
     config: TmuxConfig,
+    /// What the kernel offers the sandbox (probed once).
+    support: berth_sandbox::Support,
 }
 
 const FORMAT: &str = "#{session_name}\t#{@berth}\t#{pane_dead}\t#{pane_dead_status}\t#{pane_pid}\t#{pane_dead_signal}";
@@ -292,7 +302,20 @@ const TOKEN_VAR: &str = "BERTH_WORKSPACE_TOKEN";
 #[derive(Debug)]
 struct Launcher {
     script: PathBuf,
+    /// Where it writes the command's exit status, and its process group's record.
+    exit_file: PathBuf,
+    record: PathBuf,
+    /// The FIFO it reads the token from.
+    fifo: Option<PathBuf>,
     secret: Option<token::Pending>,
+}
+
+/// A sandboxed launch: the policy `berth sandbox-exec` enters, and the private temp
+/// directory (`HOME`, `TMPDIR`).
+#[derive(Debug)]
+struct Confined {
+    policy: berth_sandbox::Policy,
+    tmp: PathBuf,
 }
 
 /// The terminal type panes get (and the server's `default-terminal`): tmux's own when
@@ -327,7 +350,11 @@ impl TmuxRuntime {
             config.control_mode,
             config.environment.clone(),
         );
-        Self { tmux, config }
+        Self {
+            tmux,
+            config,
+            support: berth_sandbox::support(),
+        }
     }
 
     /// The server's socket.
@@ -353,6 +380,91 @@ impl TmuxRuntime {
 
     fn workdir(&self, ws: &WorkspaceId, spec: &berth_core::model::WorkspaceSpec) -> WorkDir {
         WorkDir::of(&self.config.data_dir, ws.as_str(), spec)
+    }
+
+    /// The sandbox `spec` gets here: `Some(network)` when it is confined. A spec that
+    /// cannot be honoured is refused, naming why (the kernel, the helper, a network
+    /// cut without a sandbox).
+    fn confinement(&self, spec: &WorkspaceSpec) -> Result<Option<bool>, SpecRefusal> {
+        let network = spec.network.unwrap_or(true);
+        let wanted = spec.sandbox.unwrap_or(self.config.default_sandbox);
+        let possible = self.support.sandbox() && self.config.sandbox_helper.is_some();
+        let why_not = || {
+            if self.config.sandbox_helper.is_none() {
+                "no sandbox helper is configured (TmuxConfig::sandbox_helper)".to_owned()
+            } else {
+                format!(
+                    "this kernel cannot enforce it ({})",
+                    self.support.describe()
+                )
+            }
+        };
+        let confined = match wanted {
+            Sandbox::None => false,
+            Sandbox::Landlock if !possible => {
+                return Err(SpecRefusal {
+                    field: "sandbox",
+                    message: format!(
+                        "sandbox landlock is not available: {}; use sandbox auto to run unconfined where it is not",
+                        why_not()
+                    ),
+                });
+            }
+            Sandbox::Landlock => true,
+            Sandbox::Auto => possible,
+        };
+        if !network && !confined {
+            return Err(SpecRefusal {
+                field: "network",
+                message: "network false needs a sandbox on the tmux runtime (sandbox landlock, where the kernel allows it)".into(),
+            });
+        }
+        Ok(confined.then_some(network))
+    }
+
+    /// The private temp directory of a sandboxed workspace.
+    fn private_tmp(&self, ws: &WorkspaceId) -> PathBuf {
+        self.config.data_dir.join("tmp").join(ws.as_str())
+    }
+
+    /// What a sandboxed launch of `launcher` may reach: its directory, its private temp
+    /// directory, the launcher's own files; never the tmux server or the Docker socket.
+    fn confined(
+        &self,
+        spec: &WorkspaceSpec,
+        ws: &WorkspaceId,
+        dir: Option<&str>,
+        launcher: &Launcher,
+    ) -> Result<Option<Confined>, RuntimeError> {
+        let network = match self.confinement(spec) {
+            Ok(None) => return Ok(None),
+            Ok(Some(network)) => network,
+            Err(refusal) => {
+                return Err(RuntimeError::Other {
+                    resource: ws.to_string(),
+                    message: refusal.message,
+                });
+            }
+        };
+        let tmp = self.private_tmp(ws);
+        let own = dir.map_or_else(|| tmp.clone(), PathBuf::from);
+        let mut policy = berth_sandbox::Policy::for_workspace(&own, &tmp, network);
+        policy.read_files.push(launcher.script.clone());
+        policy.read_files.extend(launcher.fifo.clone());
+        policy.write_files = vec![launcher.record.clone(), launcher.exit_file.clone()];
+        policy.hide.push(self.tmux.socket.clone());
+        policy.hide.extend(
+            ["/var/run/docker.sock", "/run/docker.sock"]
+                .iter()
+                .map(PathBuf::from),
+        );
+        if let Some(path) = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        {
+            policy.hide.push(path);
+        }
+        Ok(Some(Confined { policy, tmp }))
     }
 
     /// The panes of one tmux session, or `None` when it does not exist.
@@ -440,6 +552,9 @@ impl TmuxRuntime {
         match written {
             Ok(Ok(())) => Ok(Launcher {
                 script: path,
+                exit_file,
+                record,
+                fifo: secret.as_ref().map(|(fifo, _)| fifo.clone()),
                 secret: secret.map(|(fifo, value)| token::Pending::new(fifo, value)),
             }),
             Ok(Err(e)) => Err(RuntimeError::Other {
@@ -458,12 +573,13 @@ impl TmuxRuntime {
         &self,
         name: &str,
         dir: Option<&str>,
-        script: &Path,
+        launcher: &Launcher,
+        sandbox: Option<&Confined>,
         m: &Markers<'_>,
         mark: &str,
     ) -> Result<(), RuntimeError> {
         let target = exact(name);
-        let script = script.to_string_lossy();
+        let script = launcher.script.to_string_lossy();
         // Never the user's `dir`: tmux expands `-c` as a format (`#(...)` would run a
         // command). The launcher does `cd` to it, quoted. Never the state directory
         // either: `/` until the launcher's `cd`.
@@ -471,14 +587,31 @@ impl TmuxRuntime {
         let term = pane_terminal();
         // The process starts from nothing but the built environment (`env -i`): not
         // the tmux server's, which holds `TMUX` and whatever started it.
+        // Sandboxed: `HOME` and `TMPDIR` are its private temp directory (the only place
+        // besides its own directory it may write).
+        let private = sandbox.map(|c| c.tmp.display().to_string());
         let environment: Vec<String> = self
             .config
             .environment
             .iter()
-            .filter(|(k, _)| k != "TERM")
+            .filter(|(k, _)| k != "TERM" && !(private.is_some() && (k == "HOME" || k == "TMPDIR")))
             .map(|(k, v)| format!("{k}={v}"))
             .chain([format!("TERM={term}")])
+            .chain(
+                private
+                    .iter()
+                    .flat_map(|t| [format!("HOME={t}"), format!("TMPDIR={t}")]),
+            )
             .collect();
+        let helper = self
+            .config
+            .sandbox_helper
+            .as_ref()
+            .map(|h| h.display().to_string())
+            .unwrap_or_default();
+        let policy = sandbox
+            .map(|c| berth_sandbox::encode(&c.policy))
+            .unwrap_or_default();
         // One invocation: keep finished panes (exit codes) before anything can exit,
         // create the session, mark it. tmux stops at the first failing command.
         let mut args: Vec<&str> = vec![
@@ -509,6 +642,9 @@ impl TmuxRuntime {
         ]);
         args.extend(["env", "-i"]);
         args.extend(environment.iter().map(String::as_str));
+        if sandbox.is_some() {
+            args.extend([helper.as_str(), "sandbox-exec", "--policy", &policy, "--"]);
+        }
         args.extend(["/bin/sh", &script]);
         args.extend([";", "set-option", "-t", &target, "@berth", mark]);
         let out = self.tmux.run(&args, None).await?;
@@ -820,6 +956,7 @@ impl ProcessRuntime for TmuxRuntime {
                 message: "the tmux runtime cannot enforce resource limits; use the docker runtime for limits".into(),
             });
         }
+        self.confinement(spec)?;
         if let Some(dir) = &spec.dir
             && dirs::reaches_into(Path::new(dir), &self.config.state_dir, false)
         {
@@ -837,6 +974,26 @@ impl ProcessRuntime for TmuxRuntime {
     async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
         let dir = self.workdir(&workspace.workspace_id, &workspace.spec);
         dirs::prepare(&dir, self.config.git_timeout).await?;
+        if matches!(self.confinement(&workspace.spec), Ok(Some(_))) {
+            let tmp = self.private_tmp(&workspace.workspace_id);
+            let made = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&tmp)
+            })
+            .await;
+            if !matches!(made, Ok(Ok(()))) {
+                return Err(RuntimeError::Other {
+                    resource: self
+                        .private_tmp(&workspace.workspace_id)
+                        .display()
+                        .to_string(),
+                    message: format!("cannot make the private temp directory: {made:?}"),
+                });
+            }
+        }
         Ok(Some(dir.path().to_string_lossy().into_owned()))
     }
 
@@ -883,11 +1040,18 @@ impl ProcessRuntime for TmuxRuntime {
                 &request.spec.command,
             )
             .await?;
+        let confined = self.confined(
+            &request.spec,
+            &r.workspace_id,
+            request.dir.as_deref(),
+            &launcher,
+        )?;
         match self
             .create(
                 &name,
                 request.dir.as_deref(),
-                &launcher.script,
+                &launcher,
+                confined.as_ref(),
                 &markers,
                 &mark,
             )
@@ -944,6 +1108,7 @@ impl ProcessRuntime for TmuxRuntime {
     }
 
     async fn cleanup(&self, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
+        let _ = tokio::fs::remove_dir_all(self.private_tmp(&workspace.workspace_id)).await;
         dirs::cleanup(
             &self.workdir(&workspace.workspace_id, &workspace.spec),
             self.config.git_timeout,
@@ -1091,10 +1256,17 @@ impl ProcessRuntime for TmuxRuntime {
                 &launch.command,
             )
             .await?;
+        let confined = self.confined(
+            &launch.spec,
+            &r.workspace_id,
+            launch.dir.as_deref(),
+            &launcher,
+        )?;
         self.create(
             &name,
             launch.dir.as_deref(),
-            &launcher.script,
+            &launcher,
+            confined.as_ref(),
             &markers,
             &mark,
         )

@@ -60,6 +60,34 @@ enum Command {
     /// Print the OpenAPI document.
     #[command(hide = true)]
     Openapi,
+    /// Run a command in berth's sandbox (what a sandboxed tmux workspace's launcher
+    /// runs under; see docs/security.md).
+    #[command(hide = true)]
+    SandboxExec {
+        /// The policy (JSON, paths only).
+        #[arg(long)]
+        policy: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
+}
+
+/// Sandboxes this (still single-threaded) process and execs `argv`; returns only on
+/// failure, which the launcher reports as exit 125 without running the command.
+fn sandbox_exec(policy: &str, argv: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let entered = berth_sandbox::parse(policy).and_then(|p| berth_sandbox::enter(&p));
+    if let Err(e) = entered {
+        eprintln!("berth: {e}; the command was not run");
+        return ExitCode::from(125);
+    }
+    let Some((program, args)) = argv.split_first() else {
+        return ExitCode::from(125);
+    };
+    let e = std::process::Command::new(program).args(args).exec();
+    eprintln!("berth: cannot run {}: {e}", program.to_string_lossy());
+    ExitCode::from(127)
 }
 
 fn init_tracing() {
@@ -88,6 +116,10 @@ fn fail(e: &anyhow::Error) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: a process with threads cannot enter a user namespace.
+    if let Command::SandboxExec { policy, argv } = &cli.command {
+        return sandbox_exec(policy, argv);
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -136,6 +168,7 @@ fn main() -> ExitCode {
                 print!("{}", berth::http::openapi::document());
                 Ok(0)
             }
+            Command::SandboxExec { .. } => Ok(125),
         }
     });
     // Do not wait for stray blocking tasks (a stdin read) on the way out.

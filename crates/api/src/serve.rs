@@ -13,6 +13,7 @@ use tower::ServiceExt;
 use anyhow::{Context, bail};
 use berth_core::Engine;
 use berth_core::engine::EngineConfig;
+use berth_core::model::Sandbox;
 use berth_core::ports::{ProcessRuntime, Reporter, Store, SystemClock};
 use berth_core::reporter::{QueueReporter, ReportSink, TracingSink};
 use berth_docker::{DockerConfig, DockerRuntime};
@@ -68,6 +69,10 @@ pub struct ServeArgs {
     /// Connections served at once; more wait in the listen backlog. [default: 512]
     #[arg(long, env = "BERTH_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// The sandbox of tmux workspaces whose spec names none: none, landlock or auto
+    /// (docs/security.md). [default: none]
+    #[arg(long, env = "BERTH_SANDBOX", value_parser = parse_sandbox)]
+    pub sandbox: Option<Sandbox>,
     /// Serve plain HTTP on a non-loopback address (refused without it: bearer tokens
     /// would cross the network in clear).
     #[arg(long, env = "BERTH_INSECURE_LISTEN")]
@@ -111,6 +116,7 @@ struct FileConfig {
     #[serde(default, with = "opt_duration")]
     header_read_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    sandbox: Option<Sandbox>,
     #[serde(default, with = "opt_duration")]
     drain_deadline: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -151,6 +157,12 @@ pub struct Settings {
     pub insecure_listen: bool,
     /// The HTTP server's limits.
     pub server: crate::server::ServerLimits,
+    /// The sandbox of tmux workspaces whose spec names none.
+    pub sandbox: Sandbox,
+}
+
+fn parse_sandbox(text: &str) -> Result<Sandbox, String> {
+    Sandbox::parse(text).ok_or_else(|| format!("{text:?} is not none, landlock or auto"))
 }
 
 /// The default data directory: `$XDG_DATA_HOME/berth`, else `~/.local/share/berth`.
@@ -227,6 +239,7 @@ impl ServeArgs {
                 .unwrap_or(Duration::from_secs(300)),
             docker_image: self.docker_image.clone().or(file.docker_image),
             insecure_listen: self.insecure_listen,
+            sandbox: self.sandbox.or(file.sandbox).unwrap_or_default(),
             server: {
                 let d = crate::server::ServerLimits::default();
                 crate::server::ServerLimits {
@@ -530,7 +543,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         println!("{url}");
     }
 
-    let tmux = Arc::new(TmuxRuntime::new(TmuxConfig::new(&settings.data_dir)));
+    let tmux = Arc::new(TmuxRuntime::new(TmuxConfig {
+        default_sandbox: settings.sandbox,
+        // This binary enters the sandbox (`berth sandbox-exec`).
+        sandbox_helper: std::env::current_exe().ok(),
+        ..TmuxConfig::new(&settings.data_dir)
+    }));
     let tmux_version = TmuxRuntime::version().await;
     let docker = Arc::new(DockerRuntime::new(DockerConfig {
         default_image: settings.docker_image.clone(),

@@ -41,6 +41,43 @@ pub struct Limits {
     pub pids: Option<u64>,
 }
 
+/// How a local workspace's processes are confined (a container is confined by its
+/// runtime; see docs/security.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sandbox {
+    /// None: the processes run as the daemon's user with its access.
+    #[default]
+    None,
+    /// Landlock and namespaces: write only the workspace's directory and a private
+    /// temp directory, read the system directories, nothing of berth's. A kernel
+    /// that cannot enforce it fails the start.
+    Landlock,
+    /// `landlock` where the kernel can enforce it, `none` elsewhere.
+    Auto,
+}
+
+impl Sandbox {
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sandbox::None => "none",
+            Sandbox::Landlock => "landlock",
+            Sandbox::Auto => "auto",
+        }
+    }
+
+    /// From the API's name.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "none" => Some(Sandbox::None),
+            "landlock" => Some(Sandbox::Landlock),
+            "auto" => Some(Sandbox::Auto),
+            _ => None,
+        }
+    }
+}
+
 /// What a workspace runs and where. Validated by the engine at create.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +96,13 @@ pub struct WorkspaceSpec {
     pub image: Option<String>,
     /// Resource limits.
     pub limits: Option<Limits>,
+    /// How its processes are confined (tmux). `None`: the daemon's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+    /// `Some(false)` cuts the network (a tmux sandbox; a container's network mode
+    /// `none`). `None`: the network is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<bool>,
 }
 
 /// Why a workspace failed, as shown in `last_error`.

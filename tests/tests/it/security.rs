@@ -387,3 +387,163 @@ async fn names_never_alias_ids() {
     let (s, _) = d.delete(&format!("/v1/workspaces/{a}?force=true")).await;
     assert_eq!(s, 200);
 }
+
+/// Runs `probe` lines (`label command…`) in a shell and writes `label ok|denied` for
+/// each to `out`, then sleeps: the script a workspace under test runs.
+fn probe_script(checks: &[(&str, String)], out: &str) -> String {
+    let mut s = String::from("exec 2>/dev/null\n");
+    for (label, command) in checks {
+        s.push_str(&format!(
+            "if {command} >/dev/null; then echo '{label} ok'; else echo '{label} denied'; fi >> {out}.tmp\n"
+        ));
+    }
+    s.push_str(&format!("mv {out}.tmp {out}\nexec sleep 600\n"));
+    s
+}
+
+fn outcomes(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The sandbox matrix on this machine's kernel: a `landlock` workspace writes only its
+/// own directory and its private temp directory, reads none of berth's state nor
+/// another workspace's directory, cannot drive the tmux server, signal or inspect a
+/// process outside its sandbox, or (with `network: false`) open a TCP connection; it
+/// still reaches the API with its own token when the network is on. A `none`
+/// workspace reads the admin token by its path, as docs/security.md says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_landlock_workspace_reaches_only_its_own_directory() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let state = d.data_dir().join("state");
+    let out = tempfile::tempdir().expect("temp dir");
+    // Another workspace, unconfined, with a file in its directory and its pid known.
+    let other_pid = out.path().join("other.pid");
+    let other = d
+        .running(
+            "other",
+            &format!(
+                "echo private > secret.txt; echo $$ > '{}'; exec sleep 600",
+                other_pid.display()
+            ),
+        )
+        .await;
+    let pid = read_when_written(&other_pid, Duration::from_secs(20))
+        .await
+        .expect("the other workspace's pid");
+    let pid = pid.trim().to_owned();
+    let (_, v) = d.get(&format!("/v1/workspaces/{other}")).await;
+    let other_dir = v["dir"].as_str().expect("its dir").to_owned();
+    let port = d.url.rsplit(':').next().expect("port").to_owned();
+    let checks = |result: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("read-admin-token", format!("cat '{}/admin.token'", state.display())),
+            ("read-db", format!("cat '{}/berth.db'", state.display())),
+            ("list-state", format!("ls '{}'", state.display())),
+            ("read-other-dir", format!("cat '{other_dir}/secret.txt'")),
+            ("tmux-server", format!("tmux -S '{}/tmux.sock' list-sessions", state.display())),
+            ("signal-other", format!("kill -0 {pid}")),
+            ("read-other-environ", format!("cat /proc/{pid}/environ")),
+            ("write-outside", format!("touch '{}/outside-{result}'", d.data_dir().display())),
+            ("write-own", "touch ./own.txt".to_owned()),
+            ("write-tmp", "touch \"$TMPDIR/tmp.txt\"".to_owned()),
+            ("read-system", "cat /etc/hostname".to_owned()),
+            ("healthz", format!("busybox wget -q -O- http://127.0.0.1:{port}/healthz")),
+            (
+                "self",
+                "busybox wget -q -O- --header \"Authorization: Bearer $BERTH_WORKSPACE_TOKEN\" \"$BERTH_API_URL/v1/self\"".to_owned(),
+            ),
+        ]
+    };
+    let mut seen = BTreeMap::new();
+    for (name, sandbox, network) in [
+        ("boxed", "landlock", true),
+        ("offline", "landlock", false),
+        ("open", "none", true),
+    ] {
+        // In its own directory: the only place (with its temp directory) it may write.
+        let script = probe_script(&checks(name), "probe.txt");
+        let (s, v) = d
+            .post(
+                "/v1/workspaces",
+                json!({"name": name, "command": ["sh", "-c", script], "sandbox": sandbox, "network": network}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["workspace"]["spec"]["sandbox"], sandbox);
+        let id = v["workspace"]["id"].as_str().expect("id").to_owned();
+        let (_, v) = d
+            .get(&format!(
+                "/v1/workspaces/{id}/wait?state=running&timeout=20s"
+            ))
+            .await;
+        assert_eq!(v["reached"], true, "{name}: {v}");
+        let (_, v) = d.get(&format!("/v1/workspaces/{id}")).await;
+        let result = Path::new(v["dir"].as_str().expect("its dir")).join("probe.txt");
+        let text = read_when_written(&result, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{name} wrote no results: {e}"));
+        seen.insert(name, outcomes(&text));
+    }
+    let expect = |name: &str, ok: &[&str]| {
+        let got = &seen[name];
+        for (label, outcome) in got {
+            let want = if ok.contains(&label.as_str()) {
+                "ok"
+            } else {
+                "denied"
+            };
+            assert_eq!(outcome, want, "{name}: {label} ({got:?})");
+        }
+        assert_eq!(got.len(), 13, "{name}: {got:?}");
+    };
+    expect(
+        "boxed",
+        &["write-own", "write-tmp", "read-system", "healthz", "self"],
+    );
+    expect("offline", &["write-own", "write-tmp", "read-system"]);
+    // `none`: what the daemon's user can do (docs/security.md), bar the private
+    // temp directory it does not have.
+    let open = &seen["open"];
+    for label in [
+        "read-admin-token",
+        "read-other-dir",
+        "tmux-server",
+        "signal-other",
+        "write-outside",
+        "healthz",
+        "self",
+    ] {
+        assert_eq!(open[label], "ok", "none: {label} ({open:?})");
+    }
+    assert!(!d.data_dir().join("outside-boxed").exists());
+}
+
+/// A sandbox the runtime cannot give is refused at create, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_settings_that_cannot_hold_are_refused() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let cases = [
+        (json!({"network": false}), "network"),
+        (json!({"sandbox": "none", "network": false}), "network"),
+        (json!({"sandbox": "strict"}), "sandbox"),
+        (
+            json!({"runtime": "docker", "image": "x", "sandbox": "landlock"}),
+            "sandbox",
+        ),
+    ];
+    for (i, (extra, field)) in cases.into_iter().enumerate() {
+        let mut body = json!({"name": format!("sbx-{i}"), "command": ["true"]});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (s, v) = d.post("/v1/workspaces", body.clone()).await;
+        assert_eq!(
+            (s, v["error"]["details"]["field"].as_str()),
+            (422, Some(field)),
+            "{body}: {v}"
+        );
+    }
+}

@@ -263,6 +263,41 @@ async fn containers_run_without_privileges_and_with_limits() {
     );
 }
 
+/// `network: false` gives the container no interface but loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_without_network_has_only_loopback() {
+    let Some(fx) = Fixture::new("no-network").await else {
+        return;
+    };
+    let offline = WorkspaceId::generate();
+    let online = WorkspaceId::generate();
+    for (ws, network) in [(&offline, Some(false)), (&online, None)] {
+        let spec = WorkspaceSpec {
+            command: sh("exec sleep 3600"),
+            network,
+            ..Default::default()
+        };
+        launch(&fx, &fx.rt, ws, 1, spec).await.expect("launch");
+    }
+    let interfaces = |ws: &WorkspaceId| -> Vec<String> {
+        docker(&["exec", &name(&fx, ws), "cat", "/proc/net/dev"])
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next().map(|i| i.trim().to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        inspect(&name(&fx, &offline))["HostConfig"]["NetworkMode"],
+        "none"
+    );
+    assert_eq!(interfaces(&offline), vec!["lo".to_owned()]);
+    assert!(
+        interfaces(&online).len() > 1,
+        "the default keeps the network: {:?}",
+        interfaces(&online)
+    );
+}
+
 /// How many processes in `container` run a command line starting with `prefix`.
 fn processes(container: &str, prefix: &str) -> usize {
     docker(&["exec", container, "ps", "-o", "args"])
@@ -301,6 +336,7 @@ async fn stop_ends_process_trees_that_ignore_sigterm() {
             command: sh("trap '' TERM; sleep 2001 & sleep 2002 & wait; wait"),
             env: BTreeMap::new(),
             dir: Some("/workspace".into()),
+            spec: WorkspaceSpec::default(),
         })
         .await
         .expect("launch_session");

@@ -48,6 +48,26 @@ fn tmux() -> (Level, String) {
     }
 }
 
+/// What the kernel offers `sandbox: landlock` (a warning, not a failure: `none` and
+/// `auto` work everywhere).
+fn sandbox() -> (Level, String) {
+    let support = berth_sandbox::support();
+    if support.sandbox() {
+        (
+            Level::Ok,
+            format!("landlock available ({})", support.describe()),
+        )
+    } else {
+        (
+            Level::Warn,
+            format!(
+                "landlock unavailable ({}): sandbox landlock is refused, auto runs unconfined",
+                support.describe()
+            ),
+        )
+    }
+}
+
 /// How long doctor waits for the Docker daemon: a hung daemon is a finding, not a hang.
 const DOCKER_PROBE: Duration = Duration::from_secs(3);
 
@@ -213,6 +233,8 @@ pub async fn run(target: &Target) -> i32 {
     };
     let (l, d) = tmux();
     note(l, "tmux", &d);
+    let (l, d) = sandbox();
+    note(l, "sandbox", &d);
     let (l, d) = docker().await;
     note(l, "docker", &d);
     match target.data_dir.clone().map_or_else(default_data_dir, Ok) {

@@ -50,6 +50,10 @@ pub struct SpecView {
     pub git: Option<GitView>,
     /// Resource limits.
     pub limits: Option<LimitsView>,
+    /// `none`, `landlock` or `auto` (tmux); absent: the daemon's default.
+    pub sandbox: Option<String>,
+    /// `false`: no network.
+    pub network: Option<bool>,
 }
 
 /// Why a workspace failed.
@@ -129,6 +133,8 @@ impl WorkspaceView {
                     millicpus: l.millicpus,
                     pids: l.pids,
                 }),
+                sandbox: spec.sandbox.map(|s| s.as_str().to_owned()),
+                network: spec.network,
             },
             dir: ws.dir.clone(),
             created_at: ws.created_at,
@@ -313,6 +319,15 @@ pub struct CreateRequest {
     /// Resource limits.
     #[serde(default)]
     pub limits: Option<LimitsView>,
+    /// How a tmux workspace's processes are confined: `none`, `landlock` (Landlock and
+    /// namespaces; refused where the kernel cannot enforce it) or `auto`. Absent: the
+    /// daemon's `--sandbox`. See docs/security.md.
+    #[serde(default)]
+    #[schema(pattern = "^(none|landlock|auto)$")]
+    pub sandbox: Option<String>,
+    /// `false` cuts the network (tmux: needs a sandbox; Docker: network mode `none`).
+    #[serde(default)]
+    pub network: Option<bool>,
     /// Start it right away (default true).
     #[serde(default)]
     pub start: Option<bool>,

@@ -14,7 +14,7 @@ use berth_core::engine::{IdempotencyKey, ListQuery as EngineListQuery, Snapshot,
 use berth_core::ids::{OpId, RuntimeKind, WorkspaceId, WorkspaceName};
 use berth_core::merge::OpKind;
 use berth_core::model::{
-    Actor, CreateWorkspace, GitSource, Limits, OpStatus, Operation, WorkspaceSpec,
+    Actor, CreateWorkspace, GitSource, Limits, OpStatus, Operation, Sandbox, WorkspaceSpec,
 };
 use berth_core::state::State as WsState;
 use sha2::{Digest, Sha256};
@@ -97,6 +97,16 @@ pub async fn create_workspace(
             millicpus: l.millicpus,
             pids: l.pids,
         }),
+        sandbox: body
+            .sandbox
+            .as_deref()
+            .map(|s| {
+                Sandbox::parse(s).ok_or_else(|| {
+                    ApiError::validation("sandbox", "sandbox is none, landlock or auto")
+                })
+            })
+            .transpose()?,
+        network: body.network,
     };
     let request = CreateWorkspace {
         name,

@@ -195,6 +195,7 @@ impl Engine {
         full_env.insert("BERTH_WORKSPACE_ID".into(), ws.id.to_string());
         full_env.insert("BERTH_SESSION".into(), name.to_string());
         let launch = SessionLaunch {
+            spec: ws.spec.clone(),
             resource: self.resource(ws),
             name: name.clone(),
             generation: session.generation,

@@ -135,6 +135,8 @@ pub struct SessionLaunch {
     pub env: BTreeMap<String, String>,
     /// The workspace directory.
     pub dir: Option<String>,
+    /// The workspace's spec: its sandbox and network apply to its sessions too.
+    pub spec: WorkspaceSpec,
 }
 
 /// Names one session.

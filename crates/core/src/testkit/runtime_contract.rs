@@ -164,6 +164,7 @@ async fn an_exited_session_gives_its_name_to_a_new_generation(
         command: (h.session_command)(program),
         env: BTreeMap::new(),
         dir: dir.clone(),
+        spec: ws.wref().spec,
     };
     let target = SessionRef {
         engine_id: engine.clone(),
@@ -382,6 +383,7 @@ async fn sessions_are_one_per_name_and_fenced_by_generation(
         command: (h.session_command)(program),
         env: BTreeMap::from([("BERTH_SESSION".to_owned(), "agent".to_owned())]),
         dir: None,
+        spec: ws.wref().spec,
     };
     match rt
         .launch_session(&launch(1, ContractProgram::Forever))
