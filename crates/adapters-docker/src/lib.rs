@@ -88,6 +88,12 @@ pub struct DockerConfig {
     /// berth's own directory (the data directory, state included): a `dir` inside it,
     /// or holding it, is refused, so no container is given berth's keys.
     pub protected_dir: Option<PathBuf>,
+    /// `uid:gid` workspaces run as when the daemon runs as root (and the workspace's
+    /// `dir` belongs to root). A daemon running as a normal user runs them as itself.
+    pub root_daemon_user: String,
+    /// Give a volume to the workspace's user by changing its owner on this host
+    /// (when the daemon may) before trying a short-lived helper container.
+    pub chown_volumes_locally: bool,
 }
 
 impl Default for DockerConfig {
@@ -104,6 +110,8 @@ impl Default for DockerConfig {
             start_deadline: Duration::from_secs(60),
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             protected_dir: None,
+            root_daemon_user: "65532:65532".into(),
+            chown_volumes_locally: true,
         }
     }
 }
@@ -392,6 +400,179 @@ impl DockerRuntime {
         }
     }
 
+    /// Who a workspace's container runs as (`uid`, `gid`): `None` for root, only when
+    /// the spec asks. A daemon running as a normal user runs it as itself (files in a
+    /// bind-mounted `dir` are then theirs); a root daemon as the owner of the `dir`
+    /// when that is not root, else as `root_daemon_user`.
+    fn user_of(&self, spec: &WorkspaceSpec) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt as _;
+        if spec.run_as_root {
+            return None;
+        }
+        let euid = nix::unistd::geteuid();
+        if !euid.is_root() {
+            return Some((euid.as_raw(), nix::unistd::getegid().as_raw()));
+        }
+        if let Some(meta) = spec.dir.as_ref().and_then(|d| std::fs::metadata(d).ok())
+            && meta.uid() != 0
+        {
+            return Some((meta.uid(), meta.gid()));
+        }
+        let (uid, gid) = self
+            .config
+            .root_daemon_user
+            .split_once(':')
+            .unwrap_or((&self.config.root_daemon_user, &self.config.root_daemon_user));
+        Some((uid.parse().unwrap_or(65532), gid.parse().unwrap_or(65532)))
+    }
+
+    /// Makes a fresh volume's top directory the workspace user's: on this host when the
+    /// daemon may change its owner, else through a short-lived helper container (the
+    /// workspace's image, root with only `CAP_CHOWN`, no network), removed at once.
+    async fn give_volume(
+        &self,
+        ws: &WorkspaceRef,
+        mountpoint: &str,
+        (uid, gid): (u32, u32),
+    ) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = PathBuf::from(mountpoint);
+        let owned = tokio::fs::metadata(&path)
+            .await
+            .is_ok_and(|m| m.uid() == uid && m.gid() == gid);
+        if owned {
+            return Ok(());
+        }
+        if self.config.chown_volumes_locally {
+            let target = path.clone();
+            let local = tokio::task::spawn_blocking(move || {
+                std::os::unix::fs::chown(&target, Some(uid), Some(gid))
+            })
+            .await;
+            if matches!(local, Ok(Ok(()))) {
+                return Ok(());
+            }
+        }
+        self.chown_by_container(ws, uid, gid).await
+    }
+
+    async fn chown_by_container(
+        &self,
+        ws: &WorkspaceRef,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), RuntimeError> {
+        let name = format!("{}-owner", self.name(&ws.engine_id, &ws.workspace_id));
+        let image = ws
+            .spec
+            .image
+            .clone()
+            .or_else(|| self.config.default_image.clone())
+            .ok_or_else(|| RuntimeError::Other {
+                resource: name.clone(),
+                message: "no image to give the volume to its user with".into(),
+            })?;
+        let docker = self.docker().await?;
+        // One a crash left behind.
+        let _ = self
+            .call(
+                "remove",
+                docker.remove_container(
+                    &name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                ),
+            )
+            .await;
+        let config = Config {
+            image: Some(image),
+            user: Some("0:0".into()),
+            cmd: Some(vec![
+                "chown".into(),
+                format!("{uid}:{gid}"),
+                WORKSPACE_MOUNT.into(),
+            ]),
+            labels: Some(HashMap::from([
+                (self.label("engine"), ws.engine_id.to_string()),
+                (self.label("helper"), "volume-owner".into()),
+            ])),
+            host_config: Some(HostConfig {
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(vec!["CHOWN".into()]),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                network_mode: Some("none".into()),
+                mounts: Some(vec![Mount {
+                    target: Some(WORKSPACE_MOUNT.into()),
+                    source: Some(self.volume_name(&ws.engine_id, &ws.workspace_id)),
+                    typ: Some(MountTypeEnum::VOLUME),
+                    volume_options: Some(MountVolumeOptions {
+                        no_copy: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ran = async {
+            self.call(
+                "create",
+                docker.create_container(
+                    Some(CreateContainerOptions {
+                        name: name.clone(),
+                        platform: None,
+                    }),
+                    config,
+                ),
+            )
+            .await?;
+            self.call(
+                "start",
+                docker.start_container(&name, None::<StartContainerOptions<String>>),
+            )
+            .await?;
+            let mut wait = docker.wait_container(
+                &name,
+                Some(bollard::container::WaitContainerOptions {
+                    condition: "not-running",
+                }),
+            );
+            let waited = tokio::time::timeout(self.config.call_timeout, wait.next()).await;
+            match waited {
+                Ok(Some(Ok(r))) if r.status_code == 0 => Ok(()),
+                Ok(Some(Ok(r))) => Err(format!("chown exited {}", r.status_code)),
+                Ok(Some(Err(e))) => Err(e.to_string()),
+                Ok(None) => Err("no exit status".into()),
+                Err(_) => Err("timed out".into()),
+            }
+            .map_err(|m| RuntimeError::Other {
+                resource: name.clone(),
+                message: format!("giving the workspace volume to {uid}:{gid} failed: {m}"),
+            })
+        }
+        .await;
+        let removed = self
+            .call(
+                "remove",
+                docker.remove_container(
+                    &name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                ),
+            )
+            .await;
+        ran?;
+        match removed {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A spec may lower the daemon's limits, never lift them: 0 (which Docker reads as
     /// "no limit") and anything above the daemon's maximum are refused.
     fn check_limits(&self, limits: &berth_core::model::Limits) -> Result<(), SpecRefusal> {
@@ -494,6 +675,10 @@ impl DockerRuntime {
             typ: Some(MountTypeEnum::VOLUME),
             volume_options: Some(MountVolumeOptions {
                 labels: Some(self.volume_labels(engine, &ws.workspace_id)),
+                // Docker would copy the image's `/workspace` into an empty volume, and
+                // its owner with it, undoing the volume's hand-over to the workspace's
+                // user: a workspace's volume starts empty and stays its user's.
+                no_copy: Some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -537,6 +722,10 @@ impl DockerRuntime {
             ),
             labels: Some(labels),
             working_dir: Some(WORKSPACE_MOUNT.into()),
+            user: Some(
+                self.user_of(&request.spec)
+                    .map_or_else(|| "0:0".to_owned(), |(u, g)| format!("{u}:{g}")),
+            ),
             host_config: Some(HostConfig {
                 init: Some(true),
                 privileged: Some(false),
@@ -550,6 +739,11 @@ impl DockerRuntime {
                 mounts: Some(vec![mount]),
                 // `network: false`: no interface but loopback.
                 network_mode: (request.spec.network == Some(false)).then(|| "none".to_owned()),
+                readonly_rootfs: Some(request.spec.read_only_root),
+                // Sessions keep their files in /tmp: writable on a read-only root too.
+                tmpfs: request.spec.read_only_root.then(|| {
+                    HashMap::from([("/tmp".to_owned(), "rw,nosuid,nodev,mode=1777".to_owned())])
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -911,16 +1105,21 @@ impl ProcessRuntime for DockerRuntime {
         let name = self.volume_name(&workspace.engine_id, &workspace.workspace_id);
         let labels = self.volume_labels(&workspace.engine_id, &workspace.workspace_id);
         // Creating an existing volume returns it: idempotent.
-        self.call(
-            "volume create",
-            docker.create_volume(CreateVolumeOptions {
-                name: name.clone(),
-                driver: "local".into(),
-                driver_opts: HashMap::new(),
-                labels,
-            }),
-        )
-        .await?;
+        let volume = self
+            .call(
+                "volume create",
+                docker.create_volume(CreateVolumeOptions {
+                    name: name.clone(),
+                    driver: "local".into(),
+                    driver_opts: HashMap::new(),
+                    labels,
+                }),
+            )
+            .await?;
+        if let Some(user) = self.user_of(&workspace.spec) {
+            self.give_volume(workspace, &volume.mountpoint, user)
+                .await?;
+        }
         Ok(Some(WORKSPACE_MOUNT.into()))
     }
 

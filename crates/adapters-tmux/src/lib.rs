@@ -956,6 +956,16 @@ impl ProcessRuntime for TmuxRuntime {
                 message: "the tmux runtime cannot enforce resource limits; use the docker runtime for limits".into(),
             });
         }
+        if spec.run_as_root || spec.read_only_root {
+            return Err(SpecRefusal {
+                field: if spec.run_as_root {
+                    "run_as_root"
+                } else {
+                    "read_only_root"
+                },
+                message: "the tmux runtime runs commands as the daemon's user on the host's filesystem; use the docker runtime for that".into(),
+            });
+        }
         self.confinement(spec)?;
         if let Some(dir) = &spec.dir
             && dirs::reaches_into(Path::new(dir), &self.config.state_dir, false)

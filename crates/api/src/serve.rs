@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Connections served at once; more wait in the listen backlog. [default: 512]
     #[arg(long, env = "BERTH_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// `uid:gid` Docker workspaces run as when this daemon runs as root (a daemon
+    /// running as a normal user runs them as itself). [default: 65532:65532]
+    #[arg(long, env = "BERTH_DOCKER_USER", value_parser = parse_user)]
+    pub docker_user: Option<String>,
     /// The sandbox of tmux workspaces whose spec names none: none, landlock or auto
     /// (docs/security.md). [default: none]
     #[arg(long, env = "BERTH_SANDBOX", value_parser = parse_sandbox)]
@@ -117,6 +121,7 @@ struct FileConfig {
     header_read_timeout: Option<Duration>,
     max_connections: Option<usize>,
     sandbox: Option<Sandbox>,
+    docker_user: Option<String>,
     #[serde(default, with = "opt_duration")]
     drain_deadline: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -159,6 +164,19 @@ pub struct Settings {
     pub server: crate::server::ServerLimits,
     /// The sandbox of tmux workspaces whose spec names none.
     pub sandbox: Sandbox,
+    /// `uid:gid` of Docker workspaces when the daemon runs as root.
+    pub docker_user: Option<String>,
+}
+
+fn parse_user(text: &str) -> Result<String, String> {
+    match text.split_once(':') {
+        Some((u, g)) if u.parse::<u32>().is_ok_and(|u| u != 0) && g.parse::<u32>().is_ok() => {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "{text:?} is not uid:gid with a uid other than 0 (numbers)"
+        )),
+    }
 }
 
 fn parse_sandbox(text: &str) -> Result<Sandbox, String> {
@@ -240,6 +258,12 @@ impl ServeArgs {
             docker_image: self.docker_image.clone().or(file.docker_image),
             insecure_listen: self.insecure_listen,
             sandbox: self.sandbox.or(file.sandbox).unwrap_or_default(),
+            docker_user: match self.docker_user.clone().or(file.docker_user) {
+                Some(user) => {
+                    Some(parse_user(&user).map_err(|e| anyhow::anyhow!("docker_user: {e}"))?)
+                }
+                None => None,
+            },
             server: {
                 let d = crate::server::ServerLimits::default();
                 crate::server::ServerLimits {
@@ -553,6 +577,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let docker = Arc::new(DockerRuntime::new(DockerConfig {
         default_image: settings.docker_image.clone(),
         protected_dir: Some(settings.data_dir.clone()),
+        root_daemon_user: settings
+            .docker_user
+            .clone()
+            .unwrap_or_else(|| DockerConfig::default().root_daemon_user),
         ..DockerConfig::default()
     }));
     // Probed beside boot recovery, bounded, and never waited for past it: a Docker

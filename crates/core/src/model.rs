@@ -103,6 +103,13 @@ pub struct WorkspaceSpec {
     /// `none`). `None`: the network is there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<bool>,
+    /// Run the container as root (docker). By default it runs as an unprivileged
+    /// user (docs/security.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_as_root: bool,
+    /// A read-only root filesystem (docker; `/tmp` stays writable, a tmpfs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
 }
 
 /// Why a workspace failed, as shown in `last_error`.

@@ -533,6 +533,8 @@ async fn sandbox_settings_that_cannot_hold_are_refused() {
             json!({"runtime": "docker", "image": "x", "sandbox": "landlock"}),
             "sandbox",
         ),
+        (json!({"run_as_root": true}), "run_as_root"),
+        (json!({"read_only_root": true}), "read_only_root"),
     ];
     for (i, (extra, field)) in cases.into_iter().enumerate() {
         let mut body = json!({"name": format!("sbx-{i}"), "command": ["true"]});

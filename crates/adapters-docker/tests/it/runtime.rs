@@ -510,3 +510,144 @@ async fn an_unreachable_daemon_is_unavailable_and_the_runtime_recovers_when_it_i
     );
     proxy.down();
 }
+
+/// Issue 12, item 4: a container runs as an unprivileged user unless its spec asks for
+/// root. The daemon here runs as root, so that user is the dedicated one; its volume is
+/// given to it (on this host, or through the helper container), so `/workspace` is
+/// writable; `run_as_root` is root; a read-only root keeps `/tmp` writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_unprivileged_unless_asked_and_own_their_volume() {
+    let Some(fx) = Fixture::new("users").await else {
+        return;
+    };
+    let Some(by_helper) = Fixture::with_config(
+        "users-helper",
+        DockerConfig {
+            label_prefix: format!("{}x", fx.prefix),
+            chown_volumes_locally: false,
+            ..DockerConfig::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let root_daemon = nix_is_root();
+    let expected = if root_daemon {
+        "65532".to_owned()
+    } else {
+        docker_free_id()
+    };
+    for (fx, what) in [(&fx, "local chown"), (&by_helper, "helper container")] {
+        let ws = WorkspaceId::generate();
+        let spec = WorkspaceSpec {
+            command: sh("exec sleep 3600"),
+            ..Default::default()
+        };
+        launch(fx, &fx.rt, &ws, 1, spec).await.expect("launch");
+        let c = name(fx, &ws);
+        assert_eq!(docker(&["exec", &c, "id", "-u"]).trim(), expected, "{what}");
+        assert_eq!(
+            docker(&["exec", &c, "sh", "-c", "touch /workspace/mine && echo ok"]).trim(),
+            "ok",
+            "{what}: /workspace is the workspace user's"
+        );
+        let helpers = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "name=-owner",
+            "--filter",
+            &format!("label={}.helper", fx.prefix),
+        ]);
+        assert_eq!(helpers.trim(), "", "{what}: no helper container is left");
+    }
+    let root = WorkspaceId::generate();
+    let spec = WorkspaceSpec {
+        command: sh("exec sleep 3600"),
+        run_as_root: true,
+        read_only_root: true,
+        ..Default::default()
+    };
+    launch(&fx, &fx.rt, &root, 1, spec).await.expect("launch");
+    let c = name(&fx, &root);
+    assert_eq!(docker(&["exec", &c, "id", "-u"]).trim(), "0");
+    assert_eq!(
+        docker(&[
+            "exec",
+            &c,
+            "sh",
+            "-c",
+            "touch /etc/x 2>/dev/null || echo refused; touch /tmp/x && echo tmp"
+        ])
+        .trim(),
+        "refused\ntmp",
+        "a read-only root, a writable /tmp"
+    );
+}
+
+/// Issue 12, item 4: a root daemon's container given a root-owned `dir` cannot leave a
+/// root-owned (or setuid-root) file in it: it is not root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_cannot_plant_a_setuid_root_file_in_its_dir() {
+    let Some(fx) = Fixture::new("setuid").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Writable by anyone, so the attempt is not stopped by the mode alone.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let ws = WorkspaceId::generate();
+    let spec = WorkspaceSpec {
+        command: sh(
+            "cp /bin/busybox /workspace/shell; chmod 4755 /workspace/shell; chown 0:0 /workspace/shell; touch /workspace/done; exec sleep 3600",
+        ),
+        dir: Some(dir.path().display().to_string()),
+        ..Default::default()
+    };
+    launch(&fx, &fx.rt, &ws, 1, spec).await.expect("launch");
+    let shell = dir.path().join("shell");
+    let done = dir.path().join("done");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the container never got through its attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let meta = std::fs::metadata(&shell).expect("metadata");
+    use std::os::unix::fs::MetadataExt as _;
+    assert!(
+        !(meta.uid() == 0 && meta.mode() & 0o4000 != 0),
+        "a setuid-root file was planted: uid {} mode {:o}",
+        meta.uid(),
+        meta.mode()
+    );
+    assert_ne!(meta.uid(), 0, "the container wrote as root");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn docker_free_id() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        })
+        .unwrap_or_default()
+}

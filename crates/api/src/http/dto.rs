@@ -54,6 +54,10 @@ pub struct SpecView {
     pub sandbox: Option<String>,
     /// `false`: no network.
     pub network: Option<bool>,
+    /// The container runs as root (docker).
+    pub run_as_root: bool,
+    /// The container's root filesystem is read-only (docker).
+    pub read_only_root: bool,
 }
 
 /// Why a workspace failed.
@@ -135,6 +139,8 @@ impl WorkspaceView {
                 }),
                 sandbox: spec.sandbox.map(|s| s.as_str().to_owned()),
                 network: spec.network,
+                run_as_root: spec.run_as_root,
+                read_only_root: spec.read_only_root,
             },
             dir: ws.dir.clone(),
             created_at: ws.created_at,
@@ -328,6 +334,13 @@ pub struct CreateRequest {
     /// `false` cuts the network (tmux: needs a sandbox; Docker: network mode `none`).
     #[serde(default)]
     pub network: Option<bool>,
+    /// Docker: run the container as root. By default it runs as an unprivileged user
+    /// (the daemon's own, or a dedicated one when the daemon runs as root).
+    #[serde(default)]
+    pub run_as_root: Option<bool>,
+    /// Docker: a read-only root filesystem (`/tmp` stays writable).
+    #[serde(default)]
+    pub read_only_root: Option<bool>,
     /// Start it right away (default true).
     #[serde(default)]
     pub start: Option<bool>,

@@ -107,6 +107,8 @@ pub async fn create_workspace(
             })
             .transpose()?,
         network: body.network,
+        run_as_root: body.run_as_root.unwrap_or(false),
+        read_only_root: body.read_only_root.unwrap_or(false),
     };
     let request = CreateWorkspace {
         name,
