@@ -37,9 +37,9 @@ use async_trait::async_trait;
 use berth_core::ids::{EngineId, Incarnation, RuntimeKind, WorkspaceId};
 use berth_core::model::{Timestamp, WorkspaceSpec};
 use berth_core::ports::{
-    CaptureTarget, ConflictReason, DirtyReport, EventWake, LaunchRequest, OwnedResource,
-    ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch,
-    SessionRef, SpecRefusal, WorkspaceRef,
+    API_SOCKET, CaptureTarget, ConflictReason, DirtyReport, EventWake, LaunchRequest,
+    OwnedResource, ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError,
+    SessionLaunch, SessionRef, SpecRefusal, WorkspaceRef, WorkspaceSockets,
 };
 use bollard::Docker;
 use bollard::container::{
@@ -94,7 +94,14 @@ pub struct DockerConfig {
     /// Give a volume to the workspace's user by changing its owner on this host
     /// (when the daemon may) before trying a short-lived helper container.
     pub chown_volumes_locally: bool,
+    /// Serves each workspace's API socket, bind-mounted at `/run/berth`
+    /// (`BERTH_API_SOCKET=/run/berth/api.sock`); `None`: no socket. The Docker engine
+    /// must see this host's paths (a local engine).
+    pub sockets: Option<Arc<dyn WorkspaceSockets>>,
 }
+
+/// Where a workspace's API socket directory is mounted in its container.
+pub const SOCKET_MOUNT: &str = "/run/berth";
 
 impl Default for DockerConfig {
     fn default() -> Self {
@@ -112,6 +119,7 @@ impl Default for DockerConfig {
             protected_dir: None,
             root_daemon_user: "65532:65532".into(),
             chown_volumes_locally: true,
+            sockets: None,
         }
     }
 }
@@ -702,7 +710,27 @@ impl DockerRuntime {
             workspace_id: r.workspace_id.clone(),
             spec: request.spec.clone(),
         };
-        let mount = self.mount(&r.engine_id, &wref)?;
+        let mut mounts = vec![self.mount(&r.engine_id, &wref)?];
+        let mut env: Vec<String> = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if let Some(sockets) = &self.config.sockets {
+            let dir = sockets
+                .open(&r.workspace_id)
+                .map_err(|message| RuntimeError::Other {
+                    resource: name.clone(),
+                    message,
+                })?;
+            mounts.push(Mount {
+                target: Some(SOCKET_MOUNT.into()),
+                source: Some(dir.display().to_string()),
+                typ: Some(MountTypeEnum::BIND),
+                ..Default::default()
+            });
+            env.push(format!("BERTH_API_SOCKET={SOCKET_MOUNT}/{API_SOCKET}"));
+        }
         let (memory, nano_cpus, pids) = self.limits(&request.spec);
         let labels = HashMap::from([
             (self.label("engine"), r.engine_id.to_string()),
@@ -713,13 +741,7 @@ impl DockerRuntime {
         let config = Config {
             image: Some(image),
             cmd: (!request.spec.command.is_empty()).then(|| request.spec.command.clone()),
-            env: Some(
-                request
-                    .env
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
-            ),
+            env: Some(env),
             labels: Some(labels),
             working_dir: Some(WORKSPACE_MOUNT.into()),
             user: Some(
@@ -736,7 +758,7 @@ impl DockerRuntime {
                 memory_swap: Some(memory),
                 nano_cpus: Some(nano_cpus),
                 pids_limit: Some(pids),
-                mounts: Some(vec![mount]),
+                mounts: Some(mounts),
                 // `network: false`: no interface but loopback.
                 network_mode: (request.spec.network == Some(false)).then(|| "none".to_owned()),
                 readonly_rootfs: Some(request.spec.read_only_root),
@@ -1178,6 +1200,9 @@ impl ProcessRuntime for DockerRuntime {
     }
 
     async fn cleanup(&self, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
+        if let Some(sockets) = &self.config.sockets {
+            sockets.close(&workspace.workspace_id);
+        }
         if workspace.spec.dir.is_some() {
             // The user's directory: never removed.
             return Ok(());

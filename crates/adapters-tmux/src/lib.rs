@@ -33,9 +33,9 @@ use async_trait::async_trait;
 use berth_core::ids::{EngineId, Generation, Incarnation, RuntimeKind, SessionName, WorkspaceId};
 use berth_core::model::{Sandbox, WorkspaceSpec};
 use berth_core::ports::{
-    CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource, ProcessRuntime,
-    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef, SpecRefusal,
-    WorkspaceRef,
+    API_SOCKET, CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource,
+    ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch,
+    SessionRef, SpecRefusal, WorkspaceRef, WorkspaceSockets,
 };
 use nix::sys::signal::Signal;
 
@@ -65,6 +65,8 @@ pub struct TmuxConfig {
     pub control_mode: bool,
     /// The sandbox of workspaces whose spec names none. Default: `none`.
     pub default_sandbox: Sandbox,
+    /// Serves each workspace's API socket (`BERTH_API_SOCKET`); `None`: no socket.
+    pub sockets: Option<std::sync::Arc<dyn WorkspaceSockets>>,
     /// The program that enters the sandbox and runs the launcher (`<it> sandbox-exec
     /// --policy <json> -- /bin/sh <launcher>`: the `berth` binary). `None`: sandboxed
     /// workspaces are refused.
@@ -81,6 +83,7 @@ impl TmuxConfig {
             environment: base_environment(),
             default_sandbox: Sandbox::None,
             sandbox_helper: None,
+            sockets: None,
             command_timeout: Duration::from_secs(5),
             git_timeout: Duration::from_secs(120),
             control_mode: true,
@@ -422,6 +425,27 @@ impl TmuxRuntime {
         Ok(confined.then_some(network))
     }
 
+    /// `env` with `BERTH_API_SOCKET`, the workspace's API socket (served from now on),
+    /// when this runtime has sockets.
+    fn with_socket(
+        &self,
+        ws: &WorkspaceId,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<std::collections::BTreeMap<String, String>, RuntimeError> {
+        let mut env = env.clone();
+        if let Some(sockets) = &self.config.sockets {
+            let dir = sockets.open(ws).map_err(|message| RuntimeError::Other {
+                resource: ws.to_string(),
+                message,
+            })?;
+            env.insert(
+                "BERTH_API_SOCKET".into(),
+                dir.join(API_SOCKET).display().to_string(),
+            );
+        }
+        Ok(env)
+    }
+
     /// The private temp directory of a sandboxed workspace.
     fn private_tmp(&self, ws: &WorkspaceId) -> PathBuf {
         self.config.data_dir.join("tmp").join(ws.as_str())
@@ -449,6 +473,15 @@ impl TmuxRuntime {
         let tmp = self.private_tmp(ws);
         let own = dir.map_or_else(|| tmp.clone(), PathBuf::from);
         let mut policy = berth_sandbox::Policy::for_workspace(&own, &tmp, network);
+        if let Some(sockets) = &self.config.sockets {
+            // Its API socket (Landlock governs connecting to it from ABI 9 on).
+            policy
+                .write
+                .push(sockets.open(ws).map_err(|message| RuntimeError::Other {
+                    resource: ws.to_string(),
+                    message,
+                })?);
+        }
         policy.read_files.push(launcher.script.clone());
         policy.read_files.extend(launcher.fifo.clone());
         policy.write_files = vec![launcher.record.clone(), launcher.exit_file.clone()];
@@ -1046,7 +1079,7 @@ impl ProcessRuntime for TmuxRuntime {
                 &markers,
                 &mark,
                 request.dir.as_deref(),
-                &request.env,
+                &self.with_socket(&r.workspace_id, &request.env)?,
                 &request.spec.command,
             )
             .await?;
@@ -1119,6 +1152,9 @@ impl ProcessRuntime for TmuxRuntime {
 
     async fn cleanup(&self, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
         let _ = tokio::fs::remove_dir_all(self.private_tmp(&workspace.workspace_id)).await;
+        if let Some(sockets) = &self.config.sockets {
+            sockets.close(&workspace.workspace_id);
+        }
         dirs::cleanup(
             &self.workdir(&workspace.workspace_id, &workspace.spec),
             self.config.git_timeout,
@@ -1262,7 +1298,7 @@ impl ProcessRuntime for TmuxRuntime {
                 &markers,
                 &mark,
                 launch.dir.as_deref(),
-                &launch.env,
+                &self.with_socket(&r.workspace_id, &launch.env)?,
                 &launch.command,
             )
             .await?;

@@ -9,6 +9,8 @@
 //!   that names concrete adapters.
 //! - [`server`] (feature `daemon`): the HTTP server `serve` runs the router on, with a
 //!   connection limit and a header-read timeout.
+//! - [`sockets`] (feature `daemon`): each workspace's API socket, served by the router
+//!   with the workspace as its owner.
 //! - [`cli`] (feature `daemon`): the `berth` commands that talk to a running daemon.
 
 pub mod http;
@@ -19,5 +21,7 @@ pub mod cli;
 pub mod serve;
 #[cfg(feature = "daemon")]
 pub mod server;
+#[cfg(feature = "daemon")]
+pub mod sockets;
 
 pub use http::{AppState, router};

@@ -485,6 +485,39 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves again the API socket of every workspace (a restart closed them all); one that
+/// cannot be made is logged, and made again by its next start.
+async fn reopen_sockets(engine: &Engine, sockets: &crate::sockets::Sockets) {
+    use berth_core::ports::WorkspaceSockets as _;
+    let mut after = None;
+    loop {
+        let page = match engine
+            .list(berth_core::engine::ListQuery {
+                state: None,
+                runtime: None,
+                after: after.clone(),
+                limit: 1000,
+            })
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing workspaces to reopen their API sockets failed");
+                return;
+            }
+        };
+        for snapshot in &page.items {
+            if let Err(e) = sockets.open(&snapshot.workspace.id) {
+                tracing::warn!(workspace = %snapshot.workspace.id, error = %e, "cannot reopen a workspace's API socket");
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return,
+        }
+    }
+}
+
 /// Bearer tokens over plain HTTP are only safe on loopback: any other address is
 /// refused unless `--insecure-listen` says the network is trusted (and then warned
 /// about).
@@ -553,8 +586,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let server_stop = CancellationToken::new();
     let server_closing = server_stop.clone();
     let server_tasks = TaskTracker::new();
+    // Each workspace's API socket, served by the same router (its owner set).
+    let sockets = Arc::new(
+        crate::sockets::Sockets::new(
+            settings.data_dir.join("run"),
+            app.clone(),
+            settings.server,
+            server_stop.clone(),
+            server_tasks.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("workspace sockets: {e}"))?,
+    );
     server_tasks.spawn(crate::server::serve(
-        listener,
+        axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
         app,
         settings.server,
         server_closing,
@@ -571,12 +617,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         default_sandbox: settings.sandbox,
         // This binary enters the sandbox (`berth sandbox-exec`).
         sandbox_helper: std::env::current_exe().ok(),
+        sockets: Some(Arc::clone(&sockets) as Arc<dyn berth_core::ports::WorkspaceSockets>),
         ..TmuxConfig::new(&settings.data_dir)
     }));
     let tmux_version = TmuxRuntime::version().await;
     let docker = Arc::new(DockerRuntime::new(DockerConfig {
         default_image: settings.docker_image.clone(),
         protected_dir: Some(settings.data_dir.clone()),
+        sockets: Some(Arc::clone(&sockets) as Arc<dyn berth_core::ports::WorkspaceSockets>),
         root_daemon_user: settings
             .docker_user
             .clone()
@@ -649,6 +697,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         closing.clone(),
     );
     state.request_timeout = settings.request_timeout;
+    reopen_sockets(&engine, &sockets).await;
     state.set_ready(true);
     if live.set(router(state.clone())).is_err() {
         bail!("the API router was installed twice");

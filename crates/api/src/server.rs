@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::Listener;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,8 +38,8 @@ impl Default for ServerLimits {
 /// Serves `app` on `listener` until `stop` is cancelled; then stops accepting, lets
 /// each connection finish its request in flight (idle ones close at once), and
 /// returns when all have ended.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Listener>(
+    mut listener: L,
     app: Router,
     limits: ServerLimits,
     stop: CancellationToken,
@@ -56,19 +56,11 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
+        // The listener retries failed accepts itself (out of descriptors, say).
         let stream = tokio::select! {
             () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors, say: not the end of the server.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            (stream, _) = listener.accept() => stream,
         };
-        let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         connections.spawn(async move {

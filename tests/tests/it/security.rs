@@ -549,3 +549,162 @@ async fn sandbox_settings_that_cannot_hold_are_refused() {
         );
     }
 }
+
+/// `tests/fixtures/unix-get.c` built static into `dir` (it runs in the busybox image
+/// and in a sandbox alike).
+fn unix_get(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("unix-get");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/unix-get.c");
+    let built = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc runs");
+    assert!(
+        built.success(),
+        "cc -static failed (needs gcc and libc6-dev)"
+    );
+    out
+}
+
+/// A raw GET over a Unix socket, from the host.
+async fn get_over(socket: &Path, path: &str, token: &str) -> String {
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+/// Item 5: every workspace reaches the API through its own socket: a container at
+/// `/run/berth/api.sock`, a sandboxed tmux workspace at its path, both announced in
+/// `BERTH_API_SOCKET`; `GET /v1/self` answers with their own token. A workspace's
+/// socket refuses the admin token (401) and another workspace's token (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workspace_reaches_the_api_through_its_own_socket() {
+    #![allow(clippy::too_many_lines)]
+    let imported = std::process::Command::new(berth_bin())
+        .args(["doctor", "--test-image"])
+        .output()
+        .expect("berth doctor --test-image");
+    let docker = imported.status.success();
+    if !docker {
+        let why = String::from_utf8_lossy(&imported.stderr).into_owned();
+        if std::env::var("BERTH_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+            panic!("BERTH_REQUIRE_DOCKER=1 but the test image cannot be imported: {why}");
+        }
+        eprintln!(
+            "\n*** SKIPPED the Docker half of each_workspace_reaches_the_api_through_its_own_socket: {why} ***\n"
+        );
+    }
+    let image = String::from_utf8_lossy(&imported.stdout).trim().to_owned();
+    let mut d = Daemon::start(&["--docker-image", &image])
+        .await
+        .expect("daemon");
+    let tools = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    unix_get(tools.path());
+    let probe = |out: &str| {
+        format!(
+            "\"$UNIX_GET\" \"$BERTH_API_SOCKET\" /v1/self \"$BERTH_WORKSPACE_TOKEN\" > {out}.tmp; echo >> {out}.tmp; echo \"$BERTH_API_SOCKET\" >> {out}.tmp; mv {out}.tmp {out}; exec sleep 600"
+        )
+    };
+    let mut cases = vec![(
+        "sock-tmux",
+        json!({"sandbox": "landlock", "dir": tools.path().display().to_string(),
+               "env": {"UNIX_GET": tools.path().join("unix-get").display().to_string()}}),
+        "tmux.txt",
+    )];
+    if docker {
+        cases.push((
+            "sock-docker",
+            json!({"runtime": "docker", "dir": tools.path().display().to_string(),
+                   "env": {"UNIX_GET": "/workspace/unix-get"}}),
+            "docker.txt",
+        ));
+    }
+    let mut ids = Vec::new();
+    for (name, extra, out) in &cases {
+        let mut body = json!({"name": name, "command": ["sh", "-c", probe(out)]});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (s, v) = d.post("/v1/workspaces", body).await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["workspace"]["id"].as_str().expect("id").to_owned();
+        let text = read_when_written(&tools.path().join(out), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{name} wrote nothing: {e}"));
+        assert!(text.starts_with("HTTP/1.1 200"), "{name}: {text}");
+        assert!(text.contains(&format!("\"id\":\"{id}\"")), "{name}: {text}");
+        let announced = text.lines().last().unwrap_or_default();
+        if *name == "sock-docker" {
+            assert_eq!(announced, "/run/berth/api.sock");
+        } else {
+            assert_eq!(
+                announced,
+                d.data_dir()
+                    .join("run")
+                    .join(&id)
+                    .join("api.sock")
+                    .display()
+                    .to_string()
+            );
+        }
+        ids.push(id);
+    }
+    // From the host: the admin token is refused on a workspace's socket, and so is
+    // another workspace's token.
+    let a = &ids[0];
+    let socket = d.data_dir().join("run").join(a).join("api.sock");
+    let answer = get_over(&socket, "/v1/self", &d.token).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let (s, v) = d
+        .post(
+            "/v1/workspaces",
+            json!({"name": "sock-other", "command": ["sh", "-c", "exec sleep 600"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let other = v["workspace"]["id"].as_str().expect("id").to_owned();
+    let (_, v) = d
+        .get(&format!(
+            "/v1/workspaces/{other}/wait?state=running&timeout=20s"
+        ))
+        .await;
+    assert_eq!(v["reached"], true, "{v}");
+    // Its token, read as the workspace sees it.
+    let pid_env = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
+        .find(|env| {
+            env.split(|b| *b == 0)
+                .any(|x| x == format!("BERTH_WORKSPACE_ID={other}").as_bytes())
+        })
+        .expect("the other workspace's process");
+    let token = pid_env
+        .split(|b| *b == 0)
+        .find_map(|x| x.strip_prefix(b"BERTH_WORKSPACE_TOKEN="))
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+        .expect("its token");
+    let answer = get_over(&socket, "/v1/self", &token).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // A daemon restart serves every workspace's socket again, at the same path.
+    d.restart().await.expect("restart");
+    let own = d.data_dir().join("run").join(&other).join("api.sock");
+    let answer = get_over(&own, "/v1/self", &token).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Deleting a workspace removes its socket.
+    for id in ids.iter().chain([&other]) {
+        let (s, _) = d.delete(&format!("/v1/workspaces/{id}?force=true")).await;
+        assert_eq!(s, 200);
+    }
+    assert!(!socket.exists(), "the socket outlived its workspace");
+}

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::state::{AppState, Principal};
+use super::state::{AppState, Principal, SocketOwner};
 
 pub(crate) fn bearer(req: &Request) -> Option<&str> {
     let value = req
@@ -41,7 +41,16 @@ pub(crate) async fn authenticate(
         return ApiError::new(ErrorCode::Unauthorized, "a bearer token is required")
             .into_response();
     };
+    let owner = req.extensions().get::<SocketOwner>().cloned();
     if is_admin(&token, &state.admin_token) {
+        if owner.is_some() {
+            // A workspace's socket is reachable from inside it: never the admin's door.
+            return ApiError::new(
+                ErrorCode::Unauthorized,
+                "a workspace's API socket accepts that workspace's token only",
+            )
+            .into_response();
+        }
         req.extensions_mut().insert(Principal::Admin);
         return next.run(req).await;
     }
@@ -57,6 +66,16 @@ pub(crate) async fn authenticate(
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if owner.is_some_and(|o| o.0 != ws.id) {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this API socket belongs to another workspace than {}",
+                ws.id
+            ),
+        )
+        .into_response();
+    }
     if !workspace_may(&ws, req.method(), req.uri().path()) {
         return ApiError::new(
             ErrorCode::Forbidden,

@@ -33,7 +33,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use state::{AppState, Principal};
+pub use state::{AppState, Principal, SocketOwner};
 
 use error::{ApiError, no_route};
 

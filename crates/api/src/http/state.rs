@@ -69,6 +69,11 @@ impl AppState {
     }
 }
 
+/// Set on requests that came through a workspace's own API socket: only that
+/// workspace's token is accepted there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOwner(pub berth_core::ids::WorkspaceId);
+
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Principal {

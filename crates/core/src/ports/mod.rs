@@ -13,9 +13,9 @@ mod store;
 pub use clock::{Clock, SystemClock};
 pub use reporter::{Report, Reporter, ReporterStats, Step};
 pub use runtime::{
-    CaptureTarget, ConflictReason, DirtyReport, EventWake, LaunchRequest, OwnedResource,
-    ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch,
-    SessionRef, SpecRefusal, WorkspaceRef,
+    API_SOCKET, CaptureTarget, ConflictReason, DirtyReport, EventWake, LaunchRequest,
+    OwnedResource, ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError,
+    SessionLaunch, SessionRef, SpecRefusal, WorkspaceRef, WorkspaceSockets,
 };
 pub use store::{Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery};
 

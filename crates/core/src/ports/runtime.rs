@@ -93,6 +93,25 @@ pub struct ResourceRef {
     pub incarnation: Incarnation,
 }
 
+/// The file name of a workspace's API socket in the directory
+/// [`WorkspaceSockets::open`] returns.
+pub const API_SOCKET: &str = "api.sock";
+
+/// A way into the API from inside a workspace: one Unix socket per workspace, served
+/// by whoever embeds the engine (the `berth` daemon), which accepts that workspace's
+/// token only. A runtime given one opens it when it launches a workspace, tells the
+/// process where it is (`BERTH_API_SOCKET`), and closes it on cleanup.
+pub trait WorkspaceSockets: Send + Sync + std::fmt::Debug {
+    /// Serves `workspace`'s socket (again, after a daemon restart; at once when it is
+    /// already served) and returns the host directory holding it ([`API_SOCKET`]).
+    ///
+    /// # Errors
+    /// The socket cannot be made (a sentence naming the path).
+    fn open(&self, workspace: &WorkspaceId) -> Result<std::path::PathBuf, String>;
+    /// Stops serving `workspace`'s socket and removes its directory.
+    fn close(&self, workspace: &WorkspaceId);
+}
+
 /// A workspace as far as directories go (prepare, cleanup, dirty check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkspaceRef {
