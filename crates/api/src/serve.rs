@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// (docs/security.md). [default: none]
     #[arg(long, env = "BERTH_SANDBOX", value_parser = parse_sandbox)]
     pub sandbox: Option<Sandbox>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address (refused without it: bearer tokens
     /// would cross the network in clear).
     #[arg(long, env = "BERTH_INSECURE_LISTEN")]
@@ -121,6 +127,8 @@ struct FileConfig {
     header_read_timeout: Option<Duration>,
     max_connections: Option<usize>,
     sandbox: Option<Sandbox>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     docker_user: Option<String>,
     #[serde(default, with = "opt_duration")]
     drain_deadline: Option<Duration>,
@@ -166,6 +174,8 @@ pub struct Settings {
     pub sandbox: Sandbox,
     /// `uid:gid` of Docker workspaces when the daemon runs as root.
     pub docker_user: Option<String>,
+    /// HTTPS: the certificate chain and the key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn parse_user(text: &str) -> Result<String, String> {
@@ -257,6 +267,14 @@ impl ServeArgs {
                 .unwrap_or(Duration::from_secs(300)),
             docker_image: self.docker_image.clone().or(file.docker_image),
             insecure_listen: self.insecure_listen,
+            tls: match (
+                self.tls_cert.clone().or(file.tls_cert),
+                self.tls_key.clone().or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => bail!("HTTPS needs both a certificate (tls_cert) and its key (tls_key)"),
+            },
             sandbox: self.sandbox.or(file.sandbox).unwrap_or_default(),
             docker_user: match self.docker_user.clone().or(file.docker_user) {
                 Some(user) => {
@@ -531,7 +549,7 @@ fn refuse_plain_http_beyond_loopback(
     }
     if !insecure {
         bail!(
-            "refusing to serve bearer tokens over plain HTTP on {addr}, a non-loopback address: listen on 127.0.0.1 (and reach it through an SSH tunnel or a TLS proxy), or pass --insecure-listen if this network is trusted"
+            "refusing to serve bearer tokens over plain HTTP on {addr}, a non-loopback address: give --tls-cert and --tls-key for HTTPS, listen on 127.0.0.1, or pass --insecure-listen if this network is trusted"
         );
     }
     tracing::warn!(%addr, "serving bearer tokens over plain HTTP on a non-loopback address (--insecure-listen): anyone on this network who can read the traffic can take the tokens");
@@ -562,9 +580,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
-    refuse_plain_http_beyond_loopback(&listener, settings.insecure_listen)?;
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(
+            crate::server::tls_acceptor(cert, key).map_err(|e| anyhow::anyhow!("HTTPS: {e}"))?,
+        ),
+        None => {
+            refuse_plain_http_beyond_loopback(&listener, settings.insecure_listen)?;
+            None
+        }
+    };
     let addr: SocketAddr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
 
     // This daemon is the data directory's only writer (`daemon.lock`): the store's
     // single-writer model, under which the engine serves rows it committed from memory.
@@ -597,14 +623,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         )
         .map_err(|e| anyhow::anyhow!("workspace sockets: {e}"))?,
     );
-    server_tasks.spawn(crate::server::serve(
-        axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
-        app,
-        settings.server,
-        server_closing,
-    ));
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    match tls {
+        Some(tls) => server_tasks.spawn(crate::server::serve_tls(
+            listener,
+            app,
+            settings.server,
+            server_closing,
+            tls,
+        )),
+        None => server_tasks.spawn(crate::server::serve(
+            listener,
+            app,
+            settings.server,
+            server_closing,
+        )),
+    };
     server_tasks.close();
     write_private(&url_path(&settings.data_dir), &url)?;
     // The first line is the URL alone, for scripts; the rest is for people.

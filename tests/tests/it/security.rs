@@ -708,3 +708,110 @@ async fn each_workspace_reaches_the_api_through_its_own_socket() {
     }
     assert!(!socket.exists(), "the socket outlived its workspace");
 }
+
+/// Item 7: with a certificate, `berth serve` serves HTTPS, also on a non-loopback
+/// address; the CLI talks to it when it trusts the certificate (`--ca-cert`) and
+/// refuses it otherwise, and plain HTTP to that port gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_certificate_may_listen_beyond_loopback() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=berth-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A server certificate, not a CA (rustls refuses a CA as the end entity).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let data = dir.path().join("data");
+    let mut serve = tokio::process::Command::new(berth_bin())
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env_remove("BERTH_TOKEN")
+        .env("BERTH_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("berth serve");
+    let stdout = serve.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout);
+    let mut first = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
+    )
+    .await
+    .expect("a first line")
+    .expect("read");
+    let port = first
+        .trim()
+        .strip_prefix("https://0.0.0.0:")
+        .unwrap_or_else(|| panic!("an https URL: {first:?}"))
+        .to_owned();
+    let url = format!("https://127.0.0.1:{port}");
+    let cli = |trust: bool| {
+        let mut c = tokio::process::Command::new(berth_bin());
+        c.args(["ws", "ls", "--json", "--url", &url])
+            .env("BERTH_DATA_DIR", &data)
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_URL")
+            .env_remove("BERTH_CA_CERT");
+        if trust {
+            c.arg("--ca-cert").arg(&cert);
+        }
+        c.output()
+    };
+    let mut trusted = None;
+    for _ in 0..100 {
+        let out = cli(true).await.expect("berth");
+        if out.status.success() {
+            trusted = Some(out);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let trusted = trusted.expect("the CLI talks HTTPS with the certificate trusted");
+    assert!(
+        String::from_utf8_lossy(&trusted.stdout).contains('['),
+        "{trusted:?}"
+    );
+    let untrusted = cli(false).await.expect("berth");
+    assert!(
+        !untrusted.status.success(),
+        "an untrusted certificate is refused"
+    );
+    // Plain HTTP to the HTTPS port: no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), plain.read_to_end(&mut buf)).await;
+    assert!(!buf.starts_with(b"HTTP/1.1 200"), "plain HTTP was answered");
+    let _ = serve.start_kill();
+    let _ = serve.wait().await;
+}

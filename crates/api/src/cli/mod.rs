@@ -33,6 +33,9 @@ pub struct Target {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Trust this CA certificate (PEM) for an HTTPS daemon, beside the system's.
+    #[arg(long, env = "BERTH_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// A failed call: the API's code and message.
@@ -115,10 +118,17 @@ impl Target {
                     .to_owned()
             }
         };
+        let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            http = http.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", path.display()))?,
+            );
+        }
         Ok(Client {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()?,
+            http: http.build()?,
             base: self.base_url()?,
             token,
             json: self.json,
