@@ -230,6 +230,11 @@ async fn the_cli_never_sends_the_token_to_an_address_no_daemon_of_its_data_dir_h
         .await
         .expect("bind");
     let addr = stand_in.local_addr().expect("addr");
+    // And one on the old fallback address, when this machine lets us have it.
+    let default_port = tokio::net::TcpListener::bind("127.0.0.1:7421").await.ok();
+    if default_port.is_none() {
+        eprintln!("note: 127.0.0.1:7421 is taken here; the stale-URL stand-in still runs");
+    }
     let run = |args: &'static [&'static str]| {
         let dir = dir.path().to_owned();
         async move {
@@ -256,9 +261,14 @@ async fn the_cli_never_sends_the_token_to_an_address_no_daemon_of_its_data_dir_h
         let text = String::from_utf8_lossy(&doctor.stdout);
         assert!(text.contains("no berth daemon runs"), "{text}");
     }
-    // Nothing ever connected to the stand-in.
+    // Nothing ever connected to the stand-ins.
     let accepted = tokio::time::timeout(Duration::from_millis(200), stand_in.accept()).await;
     assert!(accepted.is_err(), "the CLI connected to the stand-in");
+    if let Some(default_port) = default_port {
+        let accepted =
+            tokio::time::timeout(Duration::from_millis(200), default_port.accept()).await;
+        assert!(accepted.is_err(), "the CLI connected to 127.0.0.1:7421");
+    }
 }
 
 /// The HTTP server closes a connection whose headers do not arrive in time, and
@@ -646,6 +656,26 @@ async fn each_workspace_reaches_the_api_through_its_own_socket() {
         let announced = text.lines().last().unwrap_or_default();
         if *name == "sock-docker" {
             assert_eq!(announced, "/run/berth/api.sock");
+            // Nothing of the daemon's in the container's environment.
+            let docker = |args: &[&str]| {
+                std::process::Command::new("docker")
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                    .unwrap_or_default()
+            };
+            let container = docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=dev.berth.workspace={id}"),
+            ]);
+            let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &container]);
+            assert!(env.contains("BERTH_WORKSPACE_ID"), "{env}");
+            assert!(
+                !env.contains(&d.token),
+                "the admin token is in the container: {env}"
+            );
         } else {
             assert_eq!(
                 announced,
