@@ -496,6 +496,24 @@ async fn a_landlock_workspace_reaches_only_its_own_directory() {
             .await
             .unwrap_or_else(|e| panic!("{name} wrote no results: {e}"));
         seen.insert(name, outcomes(&text));
+        // A session of the sandboxed workspace is sandboxed the same way.
+        if name == "boxed" {
+            let script = probe_script(&checks("session"), "session-probe.txt");
+            let (s, v) = d
+                .post(
+                    &format!("/v1/workspaces/{id}/sessions"),
+                    json!({"name": "probe", "command": ["sh", "-c", script]}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let text = read_when_written(
+                &result.with_file_name("session-probe.txt"),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("the session wrote no results: {e}"));
+            seen.insert("boxed-session", outcomes(&text));
+        }
     }
     let expect = |name: &str, ok: &[&str]| {
         let got = &seen[name];
@@ -514,6 +532,11 @@ async fn a_landlock_workspace_reaches_only_its_own_directory() {
         &["write-own", "write-tmp", "read-system", "healthz", "self"],
     );
     expect("offline", &["write-own", "write-tmp", "read-system"]);
+    // Sessions get no workspace token: `/v1/self` is refused (401), the rest as above.
+    expect(
+        "boxed-session",
+        &["write-own", "write-tmp", "read-system", "healthz"],
+    );
     // `none`: what the daemon's user can do (docs/security.md), bar the private
     // temp directory it does not have.
     let open = &seen["open"];
