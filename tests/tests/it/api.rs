@@ -464,3 +464,77 @@ async fn output_without_a_process_is_empty_and_names_cannot_look_like_ids() {
         "nothing else was created"
     );
 }
+
+/// `berth ws create` takes the spec's fields as flags, and a create whose start ends
+/// `failed` exits non-zero with the reason (issue 13, item 5, in part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_create_takes_spec_flags_and_a_failed_start_exits_non_zero() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let cli = |args: &[&str]| {
+        tokio::process::Command::new(berth_bin())
+            .args(args)
+            .env("BERTH_DATA_DIR", d.data_dir())
+            .env_remove("BERTH_URL")
+            .env_remove("BERTH_TOKEN")
+            .output()
+    };
+    let out = cli(&[
+        "ws",
+        "create",
+        "flagged",
+        "--runtime",
+        "docker",
+        "--image",
+        "busybox-test:none",
+        "--memory",
+        "64m",
+        "--millicpus",
+        "500",
+        "--pids",
+        "64",
+        "--no-network",
+        "--read-only-root",
+        "--no-start",
+        "--json",
+    ])
+    .await
+    .expect("berth");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, v) = d.get("/v1/workspaces/flagged").await;
+    let spec = &v["spec"];
+    assert_eq!(spec["image"], "busybox-test:none", "{v}");
+    assert_eq!(spec["limits"]["memory_bytes"], 64 * 1024 * 1024);
+    assert_eq!(spec["limits"]["millicpus"], 500);
+    assert_eq!(spec["limits"]["pids"], 64);
+    assert_eq!(spec["network"], false);
+    assert_eq!(spec["read_only_root"], true);
+    // A start that fails (the directory does not exist): exit 1, the reason on stderr.
+    let out = cli(&[
+        "ws",
+        "create",
+        "doomed",
+        "--dir",
+        "/nonexistent/berth-cli",
+        "--",
+        "true",
+    ])
+    .await
+    .expect("berth");
+    assert!(!out.status.success(), "a failed start exits non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("failed to start") && stderr.contains("/nonexistent/berth-cli"),
+        "{stderr}"
+    );
+    // The size flag refuses what is not a size, before any request.
+    let out = cli(&["ws", "create", "bad-size", "--memory", "lots"])
+        .await
+        .expect("berth");
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let (s, _) = d.get("/v1/workspaces/bad-size").await;
+    assert_eq!(s, 404);
+}

@@ -38,6 +38,27 @@ pub struct Target {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// `512`, `64k`, `512m`, `2g` (powers of 1024) as bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t.as_str(), ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (512, 64k, 512m, 2g)"))?;
+    let unit: u64 = match unit.trim_end_matches(['b', 'i']) {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("{text:?} is not a size (512, 64k, 512m, 2g)")),
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// A failed call: the API's code and message.
 #[derive(Debug, thiserror::Error)]
 #[error("{message} ({code})")]
@@ -329,6 +350,30 @@ pub enum WsCommand {
         /// Environment, KEY=VALUE (repeatable).
         #[arg(long = "env", short = 'e')]
         env: Vec<String>,
+        /// Container image (docker).
+        #[arg(long)]
+        image: Option<String>,
+        /// Memory limit (docker), in bytes or with a k, m or g suffix: 512m.
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<u64>,
+        /// CPU limit (docker) in thousandths of a CPU: 500 is half a CPU.
+        #[arg(long)]
+        millicpus: Option<u64>,
+        /// Process limit (docker).
+        #[arg(long)]
+        pids: Option<u64>,
+        /// Sandbox of a tmux workspace: none, landlock or auto.
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// No network (tmux: needs a sandbox; docker: network mode none).
+        #[arg(long)]
+        no_network: bool,
+        /// Run the container as root (docker).
+        #[arg(long)]
+        run_as_root: bool,
+        /// A read-only root filesystem (docker).
+        #[arg(long)]
+        read_only_root: bool,
         /// Only create it.
         #[arg(long)]
         no_start: bool,
@@ -461,6 +506,14 @@ impl Client {
                 git_repo,
                 git_ref,
                 env,
+                image,
+                memory,
+                millicpus,
+                pids,
+                sandbox,
+                no_network,
+                run_as_root,
+                read_only_root,
                 no_start,
                 idempotency_key,
                 command,
@@ -469,6 +522,26 @@ impl Client {
                     "name": name, "runtime": runtime, "start": !no_start,
                     "env": env_pairs(&env)?,
                 });
+                if let Some(image) = image {
+                    body["image"] = Value::String(image);
+                }
+                if memory.is_some() || millicpus.is_some() || pids.is_some() {
+                    body["limits"] = serde_json::json!({
+                        "memory_bytes": memory, "millicpus": millicpus, "pids": pids,
+                    });
+                }
+                if let Some(sandbox) = sandbox {
+                    body["sandbox"] = Value::String(sandbox);
+                }
+                if no_network {
+                    body["network"] = Value::Bool(false);
+                }
+                if run_as_root {
+                    body["run_as_root"] = Value::Bool(true);
+                }
+                if read_only_root {
+                    body["read_only_root"] = Value::Bool(true);
+                }
                 if !command.is_empty() {
                     body["command"] = serde_json::json!(command);
                 }
@@ -515,6 +588,20 @@ impl Client {
                     ws = waited["workspace"].clone();
                 }
                 self.print(&ws, |w| print_workspaces(std::slice::from_ref(w)));
+                if ws["state"] == "failed" {
+                    // The row is printed; the exit status and the reason say it failed.
+                    let e = &ws["last_error"];
+                    return Err(CallError {
+                        code: e["code"].as_str().unwrap_or("start_failed").to_owned(),
+                        message: format!(
+                            "workspace {} failed to start: {}",
+                            ws["name"].as_str().unwrap_or("?"),
+                            e["message"].as_str().unwrap_or("no reason recorded")
+                        ),
+                        details: Value::Null,
+                    }
+                    .into());
+                }
             }
             WsCommand::Ls { state, runtime } => {
                 let mut items = Vec::new();
@@ -798,5 +885,22 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_bytes() {
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert_eq!(parse_bytes("64k"), Ok(64 * 1024));
+        assert_eq!(parse_bytes("512m"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_bytes("2G"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_bytes("1gib"), Ok(1024 * 1024 * 1024));
+        for bad in ["", "m", "12x", "-1", "99999999999999999999g"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 }
