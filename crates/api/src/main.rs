@@ -90,6 +90,24 @@ fn sandbox_exec(policy: &str, argv: &[std::ffi::OsString]) -> ExitCode {
     ExitCode::from(127)
 }
 
+/// A client whose reader went away (`berth events | head -1`) ends quietly with 0,
+/// as a pipeline expects, instead of panicking on the failed write.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -119,6 +137,9 @@ fn main() -> ExitCode {
     // Before any thread exists: a process with threads cannot enter a user namespace.
     if let Command::SandboxExec { policy, argv } = &cli.command {
         return sandbox_exec(policy, argv);
+    }
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_on_broken_pipe();
     }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

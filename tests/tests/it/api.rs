@@ -538,3 +538,52 @@ async fn the_cli_create_takes_spec_flags_and_a_failed_start_exits_non_zero() {
     let (s, _) = d.get("/v1/workspaces/bad-size").await;
     assert_eq!(s, 404);
 }
+
+/// `berth events -f | head -1`: when the reader goes away, the CLI ends quietly with 0
+/// (it panicked, exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_whose_reader_goes_away_ends_quietly() {
+    use tokio::io::AsyncBufReadExt as _;
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let id = d.running("piped", "exec sleep 600").await;
+    let mut child = tokio::process::Command::new(berth_bin())
+        .args(["events", "-f"])
+        .env("BERTH_DATA_DIR", d.data_dir())
+        .env_remove("BERTH_URL")
+        .env_remove("BERTH_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("berth events -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a first line in time")
+        .expect("read");
+    assert!(first.is_some());
+    drop(lines); // the reader goes away, as `head -1` does
+    // New events to write: the write fails, and the CLI must end.
+    for _ in 0..3 {
+        let (s, _) = d
+            .post(&format!("/v1/workspaces/{id}/restart"), json!({}))
+            .await;
+        assert_eq!(s, 200);
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the CLI ended")
+        .expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
