@@ -10,7 +10,12 @@ use clap::{Parser, Subcommand};
 
 /// berth: a workspace lifecycle engine.
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about)]
+#[command(
+    name = "berth",
+    version,
+    about = "Isolated workspaces (tmux sessions, Docker containers): create, start, stop, restart, delete, and keep them true to their records.",
+    long_about = "Isolated workspaces (tmux sessions, Docker containers): create, start, stop, restart, delete, and keep them true to their records.\n\n`berth serve` runs the daemon (HTTP API) in the foreground; every other command talks to it: the daemon of the data directory (its daemon.url), or --url."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -111,8 +116,13 @@ fn quiet_on_broken_pipe() {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Colour for a person at a terminal only: never in a redirected log, never with
+    // NO_COLOR set.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .try_init();
 }

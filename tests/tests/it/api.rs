@@ -530,6 +530,36 @@ async fn the_cli_create_takes_spec_flags_and_a_failed_start_exits_non_zero() {
         stderr.contains("failed to start") && stderr.contains("/nonexistent/berth-cli"),
         "{stderr}"
     );
+    // `ws show` is for people without --json.
+    let out = cli(&["ws", "show", "flagged"]).await.expect("berth");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.starts_with("Name:        flagged\n"), "{text}");
+    assert!(
+        text.contains("\nImage:       busybox-test:none\n"),
+        "{text}"
+    );
+    assert!(text.contains("memory_bytes=67108864"), "{text}");
+    assert!(!text.trim_start().starts_with('{'), "{text}");
+    // Several names at once; one that does not exist fails the command, the others
+    // are still done.
+    let out = cli(&[
+        "ws",
+        "rm",
+        "--force",
+        "flagged",
+        "no-such-workspace",
+        "doomed",
+    ])
+    .await
+    .expect("berth");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-workspace"), "{stderr}");
+    for gone in ["flagged", "doomed"] {
+        let (s, _) = d.get(&format!("/v1/workspaces/{gone}")).await;
+        assert_eq!(s, 404, "{gone} was removed");
+    }
     // The size flag refuses what is not a size, before any request.
     let out = cli(&["ws", "create", "bad-size", "--memory", "lots"])
         .await
@@ -585,5 +615,50 @@ async fn a_cli_whose_reader_goes_away_ends_quietly() {
         !String::from_utf8_lossy(&out.stderr).contains("panicked"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `berth serve`'s log written to a file or a pipe holds no colour codes (issue 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_daemon_log_has_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("serve.log");
+    let mut serve = tokio::process::Command::new(berth_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("BERTH_LOG", "info")
+        .env_remove("BERTH_TOKEN")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("berth serve");
+    let stdout = serve.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a URL in time")
+        .expect("read");
+    assert!(first.is_some_and(|l| l.starts_with("http://")));
+    // Past boot recovery, so the shutdown logs at INFO.
+    loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("serving in time")
+            .expect("read")
+            .expect("serve printed its status");
+        if line.contains("serving") {
+            break;
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(serve.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let _ = serve.wait().await;
+    let text = std::fs::read_to_string(&log).expect("the log");
+    assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a redirected log: {text:?}"
     );
 }

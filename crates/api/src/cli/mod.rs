@@ -38,6 +38,86 @@ pub struct Target {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// One workspace for people: a field per line, the unset ones left out.
+fn print_workspace_detail(w: &Value) {
+    let text = |v: &Value| match v {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) if a.is_empty() => None,
+        Value::Object(o) if o.is_empty() => None,
+        Value::Array(a) => Some(
+            a.iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        other => Some(other.to_string()),
+    };
+    let spec = &w["spec"];
+    let env = spec["env"].as_object().map(|env| {
+        env.iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let limits = spec["limits"].as_object().map(|l| {
+        l.iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let error = (!w["last_error"].is_null()).then(|| {
+        format!(
+            "{}: {}",
+            w["last_error"]["code"].as_str().unwrap_or("?"),
+            w["last_error"]["message"].as_str().unwrap_or("")
+        )
+    });
+    let pending = [
+        ("in flight", &w["pending"]["in_flight"]),
+        ("queued", &w["pending"]["queued"]),
+    ]
+    .iter()
+    .filter(|(_, op)| !op.is_null())
+    .map(|(what, op)| format!("{} {what}", op["kind"].as_str().unwrap_or("?")))
+    .collect::<Vec<_>>()
+    .join(", ");
+    let rows: [(&str, Option<String>); 17] = [
+        ("Name", text(&w["name"])),
+        ("Id", text(&w["id"])),
+        ("State", text(&w["state"])),
+        ("Runtime", text(&w["runtime"])),
+        ("Incarnation", text(&w["incarnation"])),
+        ("Directory", text(&w["dir"])),
+        ("Command", text(&spec["command"])),
+        ("Environment", env.filter(|e| !e.is_empty())),
+        ("Image", text(&spec["image"])),
+        (
+            "Git",
+            spec["git"]["repo"]
+                .as_str()
+                .map(|r| format!("{r} @ {}", spec["git"]["ref"].as_str().unwrap_or(""))),
+        ),
+        ("Limits", limits.filter(|l| !l.is_empty())),
+        ("Sandbox", text(&spec["sandbox"])),
+        (
+            "Network",
+            (spec["network"] == Value::Bool(false)).then(|| "none".to_owned()),
+        ),
+        ("Created", text(&w["created_at"])),
+        ("Updated", text(&w["updated_at"])),
+        ("Last error", error),
+        ("Pending", (!pending.is_empty()).then_some(pending)),
+    ];
+    for (label, value) in rows {
+        if let Some(value) = value {
+            println!("{:<12} {value}", format!("{label}:"));
+        }
+    }
+}
+
 /// `512`, `64k`, `512m`, `2g` (powers of 1024) as bytes.
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim().to_ascii_lowercase();
@@ -431,8 +511,9 @@ pub enum WsCommand {
 /// Arguments of op commands.
 #[derive(Debug, clap::Args)]
 pub struct OpArgs {
-    /// Id or name.
-    pub id: String,
+    /// Ids or names (each is done in turn; the command fails if any did).
+    #[arg(required = true, num_args = 1..)]
+    pub ids: Vec<String>,
     /// Return at once instead of waiting for the op to settle.
     #[arg(long)]
     pub no_wait: bool,
@@ -628,9 +709,7 @@ impl Client {
             }
             WsCommand::Show { id } => {
                 let ws = self.get(&format!("/v1/workspaces/{}", enc(&id))).await?;
-                self.print(&ws, |w| {
-                    println!("{}", serde_json::to_string_pretty(w).unwrap_or_default());
-                });
+                self.print(&ws, print_workspace_detail);
             }
             WsCommand::Start(a) => self.op(&a, "start", "POST", "").await?,
             WsCommand::Stop(a) => self.op(&a, "stop", "POST", "").await?,
@@ -676,8 +755,31 @@ impl Client {
         Ok(())
     }
 
+    /// Runs the op on every workspace `a` names, in turn; with several, a failure is
+    /// reported and the next one still runs, and the first failure is the result.
     async fn op(&self, a: &OpArgs, verb: &str, method: &str, extra: &str) -> anyhow::Result<()> {
-        let id = enc(&a.id);
+        let mut first_error = None;
+        for id in &a.ids {
+            if let Err(e) = self.op_one(a, id, verb, method, extra).await {
+                if a.ids.len() == 1 {
+                    return Err(e);
+                }
+                eprintln!("error: {id}: {e:#}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn op_one(
+        &self,
+        a: &OpArgs,
+        id: &str,
+        verb: &str,
+        method: &str,
+        extra: &str,
+    ) -> anyhow::Result<()> {
+        let id = enc(id);
         let path = if verb.is_empty() {
             format!(
                 "/v1/workspaces/{id}?wait={}&timeout={}{extra}",
