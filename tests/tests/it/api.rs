@@ -655,6 +655,12 @@ async fn a_redirected_daemon_log_has_no_colour_codes() {
     let pid = nix::unistd::Pid::from_raw(serve.id().expect("pid") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let _ = serve.wait().await;
+    // The engine's tmux server outlives its daemon by design: end it with the test.
+    let _ = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(dir.path().join("data/state/tmux.sock"))
+        .arg("kill-server")
+        .output();
     let text = std::fs::read_to_string(&log).expect("the log");
     assert!(text.contains("INFO"), "{text}");
     assert!(

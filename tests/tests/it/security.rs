@@ -867,4 +867,10 @@ async fn https_with_a_certificate_may_listen_beyond_loopback() {
     assert!(!buf.starts_with(b"HTTP/1.1 200"), "plain HTTP was answered");
     let _ = serve.start_kill();
     let _ = serve.wait().await;
+    // The engine's tmux server outlives its daemon by design: end it with the test.
+    let _ = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(data.join("state/tmux.sock"))
+        .arg("kill-server")
+        .output();
 }
