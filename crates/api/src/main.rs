@@ -127,7 +127,21 @@ fn init_tracing() {
         .try_init();
 }
 
-fn fail(e: &anyhow::Error) -> ExitCode {
+fn fail(e: &anyhow::Error, json: bool) -> ExitCode {
+    if json {
+        // One JSON object on stderr, the API's error shape; `cli_error` for what never
+        // reached the API (a daemon that cannot be reached, a bad argument).
+        let error = match e.downcast_ref::<CallError>() {
+            Some(c) => {
+                serde_json::json!({"code": c.code, "message": c.message, "details": c.details})
+            }
+            None => {
+                serde_json::json!({"code": "cli_error", "message": format!("{e:#}"), "details": {}})
+            }
+        };
+        eprintln!("{}", serde_json::json!({ "error": error }));
+        return ExitCode::FAILURE;
+    }
     match e.downcast_ref::<CallError>() {
         Some(c) => {
             eprintln!("error: {} ({})", c.message, c.code);
@@ -151,6 +165,13 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_on_broken_pipe();
     }
+    let json = match &cli.command {
+        Command::Ws { target, .. }
+        | Command::Session { target, .. }
+        | Command::Events { target, .. }
+        | Command::Doctor { target, .. } => target.json,
+        _ => false,
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -207,6 +228,6 @@ fn main() -> ExitCode {
     match result {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(e) => fail(&e),
+        Err(e) => fail(&e, json),
     }
 }

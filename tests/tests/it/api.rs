@@ -530,6 +530,22 @@ async fn the_cli_create_takes_spec_flags_and_a_failed_start_exits_non_zero() {
         stderr.contains("failed to start") && stderr.contains("/nonexistent/berth-cli"),
         "{stderr}"
     );
+    // `--json`: a list is the API's page shape; an error is one JSON object on stderr.
+    let out = cli(&["ws", "ls", "--json"]).await.expect("berth");
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(page["next_cursor"], serde_json::Value::Null, "{page}");
+    assert!(
+        page["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|w| w["name"] == "flagged")),
+        "{page}"
+    );
+    let out = cli(&["ws", "show", "no-such-workspace", "--json"])
+        .await
+        .expect("berth");
+    assert!(!out.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&out.stderr).expect("a JSON error");
+    assert_eq!(error["error"]["code"], "not_found", "{error}");
     // `ws show` is for people without --json.
     let out = cli(&["ws", "show", "flagged"]).await.expect("berth");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -705,7 +705,9 @@ impl Client {
                         None => break,
                     }
                 }
-                self.print(&Value::Array(items.clone()), |_| print_workspaces(&items));
+                // The API's page shape; the CLI read every page, so no cursor is left.
+                let page = serde_json::json!({"items": items, "next_cursor": null});
+                self.print(&page, |_| print_workspaces(&items));
             }
             WsCommand::Show { id } => {
                 let ws = self.get(&format!("/v1/workspaces/{}", enc(&id))).await?;
