@@ -49,9 +49,9 @@ enum Command {
         /// Only this workspace (id or name).
         #[arg(long)]
         workspace: Option<String>,
-        /// Events after this seq.
-        #[arg(long, default_value_t = 0)]
-        since: u64,
+        /// Events after this seq (a number), or of the last duration (`5m`, `2h`).
+        #[arg(long, default_value = "0")]
+        since: String,
     },
     /// Check tmux, Docker, the data directory and the port.
     Doctor {

@@ -684,3 +684,37 @@ async fn a_redirected_daemon_log_has_no_colour_codes() {
         "colour codes in a redirected log: {text:?}"
     );
 }
+
+/// `berth events --since` takes a seq or a duration (issue 13: `--since 5m` was refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_since_takes_a_seq_or_a_duration() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    d.running("timed", "exec sleep 600").await;
+    let events = |since: &'static str| {
+        let dir = d.data_dir().to_owned();
+        async move {
+            let out = tokio::process::Command::new(berth_bin())
+                .args(["events", "--json", "--since", since])
+                .env("BERTH_DATA_DIR", dir)
+                .env_remove("BERTH_URL")
+                .env_remove("BERTH_TOKEN")
+                .output()
+                .await
+                .expect("berth events");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).lines().count(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, all, _) = events("0").await;
+    assert!(ok && all >= 3, "create, starting, running: {all}");
+    assert_eq!(events("1h").await.1, all, "every event is within the hour");
+    assert_eq!(events("2").await.1, all - 2, "after seq 2");
+    // Every event is older than this by construction (the wait comes after them).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(events("1s").await.1, 0, "none in the last second");
+    let (ok, _, stderr) = events("soon").await;
+    assert!(!ok && stderr.contains("neither a seq"), "{stderr}");
+}

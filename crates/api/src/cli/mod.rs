@@ -38,6 +38,42 @@ pub struct Target {
     pub ca_cert: Option<PathBuf>,
 }
 
+impl Client {
+    /// `--since`: a seq as given, or for a duration the seq just before the first event
+    /// that recent (events are read in seq order, which is commit order).
+    async fn since_seq(&self, since: &str, filter: &str) -> anyhow::Result<u64> {
+        if let Ok(seq) = since.parse::<u64>() {
+            return Ok(seq);
+        }
+        let ago = humantime::parse_duration(since).map_err(|_| {
+            anyhow::anyhow!("--since {since:?} is neither a seq (a number) nor a duration (5m, 2h)")
+        })?;
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(ago).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+        let mut cursor = 0;
+        loop {
+            let page = self
+                .get(&format!(
+                    "/v1/events?format=json&limit=1000&since={cursor}{filter}"
+                ))
+                .await?;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            for e in &items {
+                let at = e["at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                if at.is_some_and(|at| at >= cutoff) {
+                    return Ok(e["seq"].as_u64().unwrap_or(1).saturating_sub(1));
+                }
+                cursor = e["seq"].as_u64().unwrap_or(cursor);
+            }
+            if items.len() < 1000 {
+                return Ok(cursor);
+            }
+        }
+    }
+}
+
 /// One workspace for people: a field per line, the unset ones left out.
 fn print_workspace_detail(w: &Value) {
     let text = |v: &Value| match v {
@@ -915,11 +951,12 @@ impl Client {
         &self,
         follow: bool,
         workspace: Option<String>,
-        since: u64,
+        since: String,
     ) -> anyhow::Result<()> {
         let filter = workspace
             .map(|w| format!("&workspace={}", enc(&w)))
             .unwrap_or_default();
+        let since = self.since_seq(&since, &filter).await?;
         let show = |e: &Value| {
             if self.json {
                 println!("{e}");
