@@ -106,3 +106,57 @@ fn workspace_may(ws: &Workspace, method: &axum::http::Method, path: &str) -> boo
     target == ws.id.as_str()
         || (target == ws.name.as_str() && berth_core::ids::WorkspaceId::parse(target).is_err())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::ids::{Incarnation, RuntimeKind, WorkspaceId, WorkspaceName};
+    use berth_core::state::State;
+
+    fn workspace(name: &str) -> Workspace {
+        Workspace {
+            id: WorkspaceId::generate(),
+            // Deserialized, as a row stored before names of the id form were refused.
+            name: serde_json::from_value::<WorkspaceName>(serde_json::json!(name))
+                .expect("a stored name"),
+            runtime: RuntimeKind::parse("tmux").expect("tmux"),
+            state: State::Running,
+            incarnation: Incarnation(1),
+            spec: Default::default(),
+            dir: None,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            last_error: None,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_name_shaped_like_another_workspaces_id_never_reads_it() {
+        let victim = WorkspaceId::generate();
+        let impostor = workspace(victim.as_str());
+        let get = axum::http::Method::GET;
+        assert!(!workspace_may(
+            &impostor,
+            &get,
+            &format!("/v1/workspaces/{victim}")
+        ));
+        assert!(!workspace_may(
+            &impostor,
+            &get,
+            &format!("/v1/workspaces/{victim}/output")
+        ));
+        assert!(workspace_may(
+            &impostor,
+            &get,
+            &format!("/v1/workspaces/{}", impostor.id)
+        ));
+        let plain = workspace("plain");
+        assert!(workspace_may(&plain, &get, "/v1/workspaces/plain/sessions"));
+        assert!(!workspace_may(
+            &plain,
+            &axum::http::Method::POST,
+            "/v1/workspaces/plain/stop"
+        ));
+    }
+}
