@@ -482,18 +482,7 @@ impl DockerRuntime {
             })?;
         let docker = self.docker().await?;
         // One a crash left behind.
-        let _ = self
-            .call(
-                "remove",
-                docker.remove_container(
-                    &name,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                ),
-            )
-            .await;
+        self.force_remove(&docker, &name).await?;
         let config = Config {
             image: Some(image),
             user: Some("0:0".into()),
@@ -537,11 +526,7 @@ impl DockerRuntime {
                 ),
             )
             .await?;
-            self.call(
-                "start",
-                docker.start_container(&name, None::<StartContainerOptions<String>>),
-            )
-            .await?;
+            self.start(&docker, &name).await?;
             let mut wait = docker.wait_container(
                 &name,
                 Some(bollard::container::WaitContainerOptions {
@@ -562,23 +547,8 @@ impl DockerRuntime {
             })
         }
         .await;
-        let removed = self
-            .call(
-                "remove",
-                docker.remove_container(
-                    &name,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                ),
-            )
-            .await;
-        ran?;
-        match removed {
-            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let removed = self.force_remove(&docker, &name).await;
+        ran.and(removed)
     }
 
     /// A spec may lower the daemon's limits, never lift them: 0 (which Docker reads as

@@ -313,6 +313,16 @@ struct Launcher {
     secret: Option<token::Pending>,
 }
 
+/// What a tmux session runs: a workspace's main process or one of its sessions.
+#[derive(Debug)]
+struct Command<'a> {
+    dir: Option<&'a str>,
+    env: &'a std::collections::BTreeMap<String, String>,
+    argv: &'a [String],
+    /// The workspace's spec (its sandbox and network).
+    spec: &'a WorkspaceSpec,
+}
+
 /// A sandboxed launch: the policy `berth sandbox-exec` enters, and the private temp
 /// directory (`HOME`, `TMPDIR`).
 #[derive(Debug)]
@@ -710,6 +720,40 @@ impl TmuxRuntime {
         })
     }
 
+    /// Writes the launcher of `command`, creates the marked tmux session `name` running
+    /// it (sandboxed when its spec says so), and hands the launcher its secret. The
+    /// create's error as is (`Conflict{NameInUse}` for a taken name); an undelivered
+    /// secret is released with the launcher.
+    async fn start_marked(
+        &self,
+        name: &str,
+        markers: &Markers<'_>,
+        command: &Command<'_>,
+    ) -> Result<(), RuntimeError> {
+        let mark = markers.text();
+        let launcher = self
+            .write_launcher(
+                name,
+                markers,
+                &mark,
+                command.dir,
+                &self.with_socket(markers.workspace, command.env)?,
+                command.argv,
+            )
+            .await?;
+        let confined = self.confined(command.spec, markers.workspace, command.dir, &launcher)?;
+        self.create(
+            name,
+            command.dir,
+            &launcher,
+            confined.as_ref(),
+            markers,
+            &mark,
+        )
+        .await?;
+        self.hand_over(name, launcher).await
+    }
+
     /// Gives a created session's launcher its secret, if it waits for one.
     async fn hand_over(&self, name: &str, launcher: Launcher) -> Result<(), RuntimeError> {
         let Some(secret) = launcher.secret else {
@@ -1070,38 +1114,16 @@ impl ProcessRuntime for TmuxRuntime {
             session: "",
             generation: 0,
         };
-        let mark = markers.text();
         // Create first (one tmux process in the common case); only a taken name is
         // inspected. Rewriting the launcher is safe: a running shell keeps the old file.
-        let launcher = self
-            .write_launcher(
-                &name,
-                &markers,
-                &mark,
-                request.dir.as_deref(),
-                &self.with_socket(&r.workspace_id, &request.env)?,
-                &request.spec.command,
-            )
-            .await?;
-        let confined = self.confined(
-            &request.spec,
-            &r.workspace_id,
-            request.dir.as_deref(),
-            &launcher,
-        )?;
-        match self
-            .create(
-                &name,
-                request.dir.as_deref(),
-                &launcher,
-                confined.as_ref(),
-                &markers,
-                &mark,
-            )
-            .await
-        {
-            Ok(()) => return self.hand_over(&name, launcher).await,
-            // The undelivered secret is released with `launcher`.
+        let command = Command {
+            dir: request.dir.as_deref(),
+            env: &request.env,
+            argv: &request.spec.command,
+            spec: &request.spec,
+        };
+        match self.start_marked(&name, &markers, &command).await {
+            Ok(()) => return Ok(()),
             Err(RuntimeError::Conflict {
                 reason: ConflictReason::NameInUse,
                 ..
@@ -1291,33 +1313,13 @@ impl ProcessRuntime for TmuxRuntime {
             session: launch.name.as_str(),
             generation: launch.generation.0,
         };
-        let mark = markers.text();
-        let launcher = self
-            .write_launcher(
-                &name,
-                &markers,
-                &mark,
-                launch.dir.as_deref(),
-                &self.with_socket(&r.workspace_id, &launch.env)?,
-                &launch.command,
-            )
-            .await?;
-        let confined = self.confined(
-            &launch.spec,
-            &r.workspace_id,
-            launch.dir.as_deref(),
-            &launcher,
-        )?;
-        self.create(
-            &name,
-            launch.dir.as_deref(),
-            &launcher,
-            confined.as_ref(),
-            &markers,
-            &mark,
-        )
-        .await?;
-        self.hand_over(&name, launcher).await
+        let command = Command {
+            dir: launch.dir.as_deref(),
+            env: &launch.env,
+            argv: &launch.command,
+            spec: &launch.spec,
+        };
+        self.start_marked(&name, &markers, &command).await
     }
 
     async fn inspect_session(
