@@ -263,6 +263,30 @@ impl Daemon {
         id
     }
 
+    /// Runs the CLI against this daemon (found through its data directory), with
+    /// `stdin` on its stdin (closed when `None`).
+    pub async fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        use tokio::io::AsyncWriteExt as _;
+        let mut child = tokio::process::Command::new(berth_bin())
+            .args(args)
+            .env("BERTH_DATA_DIR", self.data_dir())
+            .env_remove("BERTH_URL")
+            .env_remove("BERTH_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("berth runs");
+        if let Some(mut input) = child.stdin.take() {
+            if let Some(bytes) = stdin {
+                input.write_all(bytes).await.expect("stdin");
+            }
+            drop(input);
+        }
+        child.wait_with_output().await.expect("berth ends")
+    }
+
     /// The tmux server's socket.
     pub fn tmux_socket(&self) -> PathBuf {
         self.dir.path().join("state/tmux.sock")

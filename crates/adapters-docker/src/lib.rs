@@ -25,6 +25,7 @@
 //!   daemon may be older than bollard), and after a connection error the next call
 //!   connects and negotiates again, so a restarted daemon is picked up.
 
+mod access;
 mod sessions;
 pub mod test_image;
 
@@ -37,9 +38,10 @@ use async_trait::async_trait;
 use berth_core::ids::{EngineId, Incarnation, RuntimeKind, WorkspaceId};
 use berth_core::model::{Timestamp, WorkspaceSpec};
 use berth_core::ports::{
-    API_SOCKET, CaptureTarget, ConflictReason, DirtyReport, EventWake, LaunchRequest,
-    OwnedResource, ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError,
-    SessionLaunch, SessionRef, SpecRefusal, WorkspaceRef, WorkspaceSockets,
+    API_SOCKET, ByteStream, CaptureTarget, ConflictReason, CopyRequest, DirtyReport, EventWake,
+    ExecIo, ExecRequest, LaunchRequest, LogQuery, LogStream, OwnedResource, ProcessRuntime,
+    ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch, SessionRef, SpecRefusal,
+    TermSize, WorkspaceRef, WorkspaceSockets,
 };
 use bollard::Docker;
 use bollard::container::{
@@ -163,6 +165,8 @@ mod slot {
 pub struct DockerRuntime {
     config: Arc<DockerConfig>,
     client: Arc<Slot<Docker>>,
+    /// The tasks carrying execs and attaches.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The labels of one of our containers.
@@ -181,6 +185,7 @@ impl DockerRuntime {
         Self {
             config: Arc::new(config),
             client: Arc::new(Slot::default()),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -1351,6 +1356,51 @@ impl ProcessRuntime for DockerRuntime {
                 sessions::capture(self, &name, s, lines).await
             }
         }
+    }
+
+    async fn logs(
+        &self,
+        target: &CaptureTarget,
+        query: &LogQuery,
+    ) -> Result<LogStream, RuntimeError> {
+        match target {
+            CaptureTarget::Main(r) => self.container_logs(r, query).await,
+            // A session's output is a file in the container: what is kept, no follow.
+            CaptureTarget::Session(_) => {
+                let lines = self.capture(target, query.tail.unwrap_or(10_000)).await?;
+                Ok(Box::pin(futures_util::stream::iter(
+                    lines
+                        .into_iter()
+                        .map(|text| Ok(berth_core::ports::LogLine { time: None, text }))
+                        .collect::<Vec<_>>(),
+                )))
+            }
+        }
+    }
+
+    async fn exec(&self, request: &ExecRequest) -> Result<ExecIo, RuntimeError> {
+        self.exec_in(request).await
+    }
+
+    async fn attach(
+        &self,
+        target: &CaptureTarget,
+        size: TermSize,
+        term: Option<String>,
+    ) -> Result<ExecIo, RuntimeError> {
+        self.shell_in(target, size, term).await
+    }
+
+    async fn copy_out(&self, request: &CopyRequest) -> Result<ByteStream, RuntimeError> {
+        self.archive_out(request).await
+    }
+
+    async fn copy_in(
+        &self,
+        request: &CopyRequest,
+        archive: ByteStream,
+    ) -> Result<(), RuntimeError> {
+        self.archive_in(request, archive).await
     }
 
     async fn dirty_check(&self, workspace: &WorkspaceRef) -> Result<DirtyReport, RuntimeError> {

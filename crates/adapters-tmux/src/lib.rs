@@ -21,8 +21,11 @@
 //! - Stop sends SIGTERM to the pane's process group and every descendant, waits the
 //!   grace period, sends SIGKILL, then kills the session.
 
+mod access;
 mod client;
+mod exec;
 mod launcher;
+pub mod logs;
 mod procs;
 mod token;
 
@@ -33,9 +36,10 @@ use async_trait::async_trait;
 use berth_core::ids::{EngineId, Generation, Incarnation, RuntimeKind, SessionName, WorkspaceId};
 use berth_core::model::{Sandbox, WorkspaceSpec};
 use berth_core::ports::{
-    API_SOCKET, CaptureTarget, ConflictReason, DirtyReport, LaunchRequest, OwnedResource,
+    API_SOCKET, ByteStream, CaptureTarget, ConflictReason, CopyRequest, DirtyReport, ExecInput,
+    ExecIo, ExecOutput, ExecRequest, LaunchRequest, LogQuery, LogStream, OwnedResource,
     ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError, SessionLaunch,
-    SessionRef, SpecRefusal, WorkspaceRef, WorkspaceSockets,
+    SessionRef, SpecRefusal, TermSize, WorkspaceRef, WorkspaceSockets,
 };
 use nix::sys::signal::Signal;
 
@@ -116,6 +120,9 @@ pub struct TmuxRuntime {
     config: TmuxConfig,
     /// What the kernel offers the sandbox (probed once).
     support: berth_sandbox::Support,
+    /// The tasks carrying execs and attaches (each kills its process group when it
+    /// ends or is dropped).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 const FORMAT: &str = "#{session_name}\t#{@berth}\t#{pane_dead}\t#{pane_dead_status}\t#{pane_pid}\t#{pane_dead_signal}";
@@ -367,6 +374,7 @@ impl TmuxRuntime {
             tmux,
             config,
             support: berth_sandbox::support(),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -468,7 +476,7 @@ impl TmuxRuntime {
         spec: &WorkspaceSpec,
         ws: &WorkspaceId,
         dir: Option<&str>,
-        launcher: &Launcher,
+        launcher: Option<&Launcher>,
     ) -> Result<Option<Confined>, RuntimeError> {
         let network = match self.confinement(spec) {
             Ok(None) => return Ok(None),
@@ -492,9 +500,11 @@ impl TmuxRuntime {
                     message,
                 })?);
         }
-        policy.read_files.push(launcher.script.clone());
-        policy.read_files.extend(launcher.fifo.clone());
-        policy.write_files = vec![launcher.record.clone(), launcher.exit_file.clone()];
+        if let Some(launcher) = launcher {
+            policy.read_files.push(launcher.script.clone());
+            policy.read_files.extend(launcher.fifo.clone());
+            policy.write_files = vec![launcher.record.clone(), launcher.exit_file.clone()];
+        }
         policy.hide.push(self.tmux.socket.clone());
         policy.hide.extend(
             ["/var/run/docker.sock", "/run/docker.sock"]
@@ -690,6 +700,14 @@ impl TmuxRuntime {
         }
         args.extend(["/bin/sh", &script]);
         args.extend([";", "set-option", "-t", &target, "@berth", mark]);
+        // Its output goes to a log kept past its end (before it can write anything:
+        // the server reads the pane only after this command list).
+        let number = m.number();
+        logs::prune(&self.config.state_dir, name, Some(number.saturating_sub(1))).await;
+        let log = logs::path(&self.config.state_dir, name, number);
+        let _ = tokio::fs::remove_file(logs::done_path(&log)).await;
+        let pipe = logs::pipe_command(self.config.sandbox_helper.as_deref(), &log);
+        args.extend([";", "pipe-pane", "-t", &target, &pipe]);
         let out = self.tmux.run(&args, None).await?;
         if out.ok {
             return Ok(());
@@ -741,7 +759,12 @@ impl TmuxRuntime {
                 command.argv,
             )
             .await?;
-        let confined = self.confined(command.spec, markers.workspace, command.dir, &launcher)?;
+        let confined = self.confined(
+            command.spec,
+            markers.workspace,
+            command.dir,
+            Some(&launcher),
+        )?;
         self.create(
             name,
             command.dir,
@@ -1174,6 +1197,7 @@ impl ProcessRuntime for TmuxRuntime {
 
     async fn cleanup(&self, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
         let _ = tokio::fs::remove_dir_all(self.private_tmp(&workspace.workspace_id)).await;
+        self.remove_logs(&workspace.workspace_id).await;
         if let Some(sockets) = &self.config.sockets {
             sockets.close(&workspace.workspace_id);
         }
@@ -1404,6 +1428,49 @@ impl ProcessRuntime for TmuxRuntime {
         }
         let skip = out.len().saturating_sub(lines);
         Ok(out.split_off(skip))
+    }
+
+    async fn logs(
+        &self,
+        target: &CaptureTarget,
+        query: &LogQuery,
+    ) -> Result<LogStream, RuntimeError> {
+        if let Some(kept) = self.kept_logs(target, query).await? {
+            return Ok(kept);
+        }
+        // Started before logs were kept: what the pane still shows.
+        let lines = self.capture(target, query.tail.unwrap_or(10_000)).await?;
+        Ok(Box::pin(futures_util::stream::iter(
+            lines
+                .into_iter()
+                .map(|text| Ok(berth_core::ports::LogLine { time: None, text }))
+                .collect::<Vec<_>>(),
+        )))
+    }
+
+    async fn exec(&self, request: &ExecRequest) -> Result<ExecIo, RuntimeError> {
+        self.exec_beside(request).await
+    }
+
+    async fn attach(
+        &self,
+        target: &CaptureTarget,
+        size: TermSize,
+        term: Option<String>,
+    ) -> Result<ExecIo, RuntimeError> {
+        self.attach_client(target, size, term).await
+    }
+
+    async fn copy_out(&self, request: &CopyRequest) -> Result<ByteStream, RuntimeError> {
+        self.tar_out(request).await
+    }
+
+    async fn copy_in(
+        &self,
+        request: &CopyRequest,
+        archive: ByteStream,
+    ) -> Result<(), RuntimeError> {
+        self.tar_in(request, archive).await
     }
 
     async fn dirty_check(&self, workspace: &WorkspaceRef) -> Result<DirtyReport, RuntimeError> {

@@ -76,6 +76,13 @@ enum Command {
         #[arg(trailing_var_arg = true, required = true)]
         argv: Vec<std::ffi::OsString>,
     },
+    /// Copy stdin into a tmux workspace's log file, each line with its time, rotated
+    /// past a size (what each pane's output is piped through).
+    #[command(hide = true)]
+    LogPipe {
+        /// The log file.
+        file: std::path::PathBuf,
+    },
 }
 
 /// Sandboxes this (still single-threaded) process and execs `argv`; returns only on
@@ -140,7 +147,7 @@ fn fail(e: &anyhow::Error, json: bool) -> ExitCode {
             }
         };
         eprintln!("{}", serde_json::json!({ "error": error }));
-        return ExitCode::FAILURE;
+        return ExitCode::from(berth::cli::exit_code(e));
     }
     match e.downcast_ref::<CallError>() {
         Some(c) => {
@@ -153,7 +160,7 @@ fn fail(e: &anyhow::Error, json: bool) -> ExitCode {
         }
         None => eprintln!("error: {e:#}"),
     }
-    ExitCode::FAILURE
+    ExitCode::from(berth::cli::exit_code(e))
 }
 
 fn main() -> ExitCode {
@@ -161,6 +168,15 @@ fn main() -> ExitCode {
     // Before any thread exists: a process with threads cannot enter a user namespace.
     if let Command::SandboxExec { policy, argv } = &cli.command {
         return sandbox_exec(policy, argv);
+    }
+    if let Command::LogPipe { file } = &cli.command {
+        return match berth_tmux::logs::pipe_log(file, berth_tmux::logs::DEFAULT_MAX_BYTES) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth: cannot write {}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        };
     }
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_on_broken_pipe();
@@ -186,7 +202,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<i32> = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => berth::serve::serve(args).await,
-            Command::Ws { target, command } => target.connect()?.ws(command).await.map(|()| 0),
+            Command::Ws { target, command } => target.connect()?.ws(command).await,
             Command::Session { target, command } => {
                 target.connect()?.session(command).await.map(|()| 0)
             }
@@ -220,7 +236,7 @@ fn main() -> ExitCode {
                 print!("{}", berth::http::openapi::document());
                 Ok(0)
             }
-            Command::SandboxExec { .. } => Ok(125),
+            Command::SandboxExec { .. } | Command::LogPipe { .. } => Ok(125),
         }
     });
     // Do not wait for stray blocking tasks (a stdin read) on the way out.

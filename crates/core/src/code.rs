@@ -68,11 +68,15 @@ pub enum ErrorCode {
     RuntimeTimeout,
     /// 504: the start was still running at the start ceiling.
     StartTimeout,
+    /// The workspace's process does not run, and the request needs it (exec, attach).
+    WorkspaceNotRunning,
+    /// The workspace's runtime does not offer this (files of a runtime without them).
+    Unsupported,
 }
 
 impl ErrorCode {
     /// Every code, for tables, documents and exhaustive tests.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -99,6 +103,8 @@ impl ErrorCode {
         ErrorCode::Interrupted,
         ErrorCode::RuntimeTimeout,
         ErrorCode::StartTimeout,
+        ErrorCode::WorkspaceNotRunning,
+        ErrorCode::Unsupported,
     ];
 
     /// The HTTP status of the code: the single mapping table.
@@ -117,9 +123,10 @@ impl ErrorCode {
             | ErrorCode::WorkspaceDeleting
             | ErrorCode::WorkspaceStopping
             | ErrorCode::IdempotencyConflict
-            | ErrorCode::Superseded => 409,
+            | ErrorCode::Superseded
+            | ErrorCode::WorkspaceNotRunning => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::ValidationFailed => 422,
+            ErrorCode::ValidationFailed | ErrorCode::Unsupported => 422,
             ErrorCode::Internal => 500,
             ErrorCode::RuntimeError => 502,
             ErrorCode::ShuttingDown
@@ -173,6 +180,8 @@ impl ErrorCode {
             ErrorCode::Interrupted => "interrupted",
             ErrorCode::RuntimeTimeout => "runtime_timeout",
             ErrorCode::StartTimeout => "start_timeout",
+            ErrorCode::WorkspaceNotRunning => "workspace_not_running",
+            ErrorCode::Unsupported => "unsupported",
         }
     }
 }

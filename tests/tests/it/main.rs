@@ -1,6 +1,7 @@
 //! Black-box tests of the `berth` binary: the real daemon on port 0, a temp data dir,
 //! the real tmux runtime (and Docker, when a daemon answers), HTTP.
 
+mod access;
 mod api;
 mod docker;
 mod faults;

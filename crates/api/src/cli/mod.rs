@@ -5,6 +5,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod access;
 pub mod doctor;
 
 use std::collections::BTreeMap;
@@ -187,6 +188,63 @@ pub struct CallError {
     pub details: Value,
 }
 
+impl CallError {
+    /// The API's error object of a response body (`{"error": {...}}`).
+    pub fn from_body(status: u16, body: &Value) -> Self {
+        let e = &body["error"];
+        CallError {
+            code: e["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: e["message"]
+                .as_str()
+                .map_or_else(|| format!("HTTP {status}"), str::to_owned),
+            details: e["details"].clone(),
+        }
+    }
+}
+
+/// The daemon could not be reached (nothing listens, no daemon on the data directory).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+/// Arguments that make no sense together (exit 2, like clap's own usage errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The CLI's exit code for an error (`docs/api.md`, "CLI"): 2 usage, 3 not found, 4
+/// conflict or refused, 5 timeout, 6 daemon unreachable, 1 anything else (a failed
+/// op among them).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    if e.downcast_ref::<Unreachable>().is_some() {
+        return 6;
+    }
+    let Some(call) = e.downcast_ref::<CallError>() else {
+        return 1;
+    };
+    match call.code.as_str() {
+        "invalid_request" | "validation_failed" | "unsupported" => 2,
+        "not_found" => 3,
+        "name_taken"
+        | "invalid_transition"
+        | "session_exists"
+        | "workspace_dirty"
+        | "dirty_check_failed"
+        | "workspace_deleting"
+        | "workspace_stopping"
+        | "idempotency_conflict"
+        | "superseded"
+        | "workspace_not_running"
+        | "forbidden"
+        | "unauthorized" => 4,
+        "wait_timeout" | "request_timeout" | "runtime_timeout" | "start_timeout" => 5,
+        _ => 1,
+    }
+}
+
 /// A connected client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -218,10 +276,10 @@ impl Target {
         }
         let dir = self.data_dir()?;
         let not_running = || {
-            anyhow::anyhow!(
+            anyhow::Error::from(Unreachable(format!(
                 "no berth daemon runs on the data directory {} (start one with `berth serve`, or pass --url / BERTH_URL)",
                 dir.display()
-            )
+            )))
         };
         let url = match std::fs::read_to_string(url_path(&dir)) {
             Ok(u) if !u.trim().is_empty() => u.trim().trim_end_matches('/').to_owned(),
@@ -310,10 +368,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the berth daemon at {}", self.base))?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
         let value: Value = if text.is_empty() {
@@ -322,17 +377,49 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status >= 400 {
-            let e = &value["error"];
-            return Err(CallError {
-                code: e["code"].as_str().unwrap_or("unknown").to_owned(),
-                message: e["message"]
-                    .as_str()
-                    .map_or_else(|| format!("HTTP {status}"), str::to_owned),
-                details: e["details"].clone(),
-            }
-            .into());
+            return Err(CallError::from_body(status, &value).into());
         }
         Ok((status, value))
+    }
+
+    /// A transport error: `Unreachable` when no connection could be made.
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        if e.is_connect() || e.is_timeout() {
+            Unreachable(format!(
+                "cannot reach the berth daemon at {}: {e}",
+                self.base
+            ))
+            .into()
+        } else {
+            anyhow::Error::from(e).context(format!("talking to the berth daemon at {}", self.base))
+        }
+    }
+
+    /// A request whose answer is read as a stream (logs, archives); an error status is
+    /// a [`CallError`].
+    async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+                .body(b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let text = resp.text().await.unwrap_or_default();
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(CallError::from_body(status, &v).into());
+        }
+        Ok(resp)
     }
 
     /// GET.
@@ -528,6 +615,55 @@ pub enum WsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Run a command in a running workspace; exits with its exit code.
+    Exec {
+        /// Id or name.
+        id: String,
+        /// A terminal (stdout and stderr become one stream).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Pass stdin through (without it the command reads end of file).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// The command (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// An interactive terminal on the workspace's main process or a session (tmux: its
+    /// own terminal; docker: a shell). Detach with Ctrl-] (tmux also: Ctrl-b d).
+    Attach {
+        /// Id or name.
+        id: String,
+        /// A session instead of the main process.
+        session: Option<String>,
+    },
+    /// The output of the main process or a session, kept after it ends.
+    Logs {
+        /// Id or name.
+        id: String,
+        /// A session instead of the main process.
+        session: Option<String>,
+        /// Keep following new output until the process ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only output this recent (5m, 2h) or since a time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines.
+        #[arg(long, short = 'n')]
+        tail: Option<usize>,
+        /// Prefix each line with the time it was written.
+        #[arg(long, short = 'T')]
+        timestamps: bool,
+    },
+    /// Copy files between a workspace and here: `ws cp NAME:PATH LOCAL` or `ws cp LOCAL
+    /// NAME:PATH` (a directory in the workspace); `-` for a tar stream on stdin/stdout.
+    Cp {
+        /// Source.
+        src: String,
+        /// Destination.
+        dst: String,
+    },
     /// Wait for a state (running, stopped, failed, settled) or an op.
     Wait {
         /// Id or name.
@@ -614,8 +750,34 @@ impl Client {
     ///
     /// # Errors
     /// Bad arguments, transport or API errors.
-    pub async fn ws(&self, cmd: WsCommand) -> anyhow::Result<()> {
+    pub async fn ws(&self, cmd: WsCommand) -> anyhow::Result<i32> {
         match cmd {
+            WsCommand::Exec {
+                id,
+                tty,
+                interactive,
+                command,
+            } => return self.exec(&id, command, tty, interactive).await,
+            WsCommand::Attach { id, session } => return self.attach(&id, session.as_deref()).await,
+            WsCommand::Logs {
+                id,
+                session,
+                follow,
+                since,
+                tail,
+                timestamps,
+            } => {
+                self.logs(
+                    &id,
+                    session.as_deref(),
+                    follow,
+                    since.as_deref(),
+                    tail,
+                    timestamps,
+                )
+                .await?;
+            }
+            WsCommand::Cp { src, dst } => self.cp(&src, &dst).await?,
             WsCommand::Create {
                 name,
                 runtime,
@@ -790,7 +952,7 @@ impl Client {
                 }
             }
         }
-        Ok(())
+        Ok(0)
     }
 
     /// Runs the op on every workspace `a` names, in turn; with several, a failure is
@@ -839,6 +1001,19 @@ impl Client {
         let (status, v) = self.with_spinner(&id, method, &path, None).await?;
         self.print(&v, print_op);
         let op_status = v["operation"]["status"].as_str().unwrap_or("");
+        if !a.no_wait && matches!(op_status, "pending" | "running") {
+            return Err(CallError {
+                code: "wait_timeout".into(),
+                message: format!(
+                    "the {} op was still {op_status} after {} (workspace {})",
+                    v["operation"]["kind"].as_str().unwrap_or("?"),
+                    a.timeout,
+                    v["workspace"]["state"].as_str().unwrap_or("?")
+                ),
+                details: Value::Null,
+            }
+            .into());
+        }
         if status == 200 && !matches!(op_status, "succeeded") {
             let e = &v["operation"]["error"];
             return Err(CallError {

@@ -88,19 +88,27 @@ pub(crate) async fn authenticate(
     next.run(req).await
 }
 
-/// A workspace token may read itself: `/v1/self`, and GET on its own workspace's
-/// routes (by id or name). Everything else needs the admin token.
+/// A workspace token may read itself: `/v1/self`, GET on its own workspace's routes
+/// (by id or name), and run commands in and copy files into itself (`POST .../exec`,
+/// `PUT .../files`). Everything else needs the admin token.
 fn workspace_may(ws: &Workspace, method: &axum::http::Method, path: &str) -> bool {
     if path == "/v1/self" {
         return true;
     }
-    if method != axum::http::Method::GET {
-        return false;
-    }
     let Some(rest) = path.strip_prefix("/v1/workspaces/") else {
         return false;
     };
-    let target = rest.split('/').next().unwrap_or("");
+    let mut parts = rest.split('/');
+    let target = parts.next().unwrap_or("");
+    let sub: Vec<&str> = parts.collect();
+    // Reads, and the two writes that reach no further than the workspace itself does:
+    // running a command beside it and copying files into it.
+    let allowed = *method == axum::http::Method::GET
+        || (*method == axum::http::Method::POST && sub == ["exec"])
+        || (*method == axum::http::Method::PUT && sub == ["files"]);
+    if !allowed {
+        return false;
+    }
     // The route resolves an id before a name, so a name only counts when it cannot be
     // read as an id (names are refused that form at creation; this holds regardless).
     target == ws.id.as_str()

@@ -303,6 +303,7 @@ impl From<&Session> for SessionView {
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// Unique name: 1-63 of `[a-z0-9-]`, starting with a letter, not ending with `-`.
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// `tmux` (default) or `docker`.
     #[serde(default)]
@@ -413,6 +414,7 @@ pub struct WaitResponse {
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     /// Name (DNS label, unique within the workspace).
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// argv.
     pub command: Vec<String>,
@@ -472,6 +474,7 @@ pub struct RuntimeHealthView {
 /// `?wait=&timeout=` of op routes.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OpQuery {
     /// Block until the op settles (default true).
     pub wait: Option<bool>,
@@ -482,6 +485,7 @@ pub struct OpQuery {
 /// `DELETE` query.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// Skip the dirty check.
     pub force: Option<bool>,
@@ -494,6 +498,7 @@ pub struct DeleteQuery {
 /// List query.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this state.
     pub state: Option<String>,
@@ -508,6 +513,7 @@ pub struct ListQuery {
 /// Wait query.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// `running`, `stopped`, `failed` or `settled`.
     pub state: Option<String>,
@@ -520,6 +526,7 @@ pub struct WaitQuery {
 /// Events query.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only this workspace (id).
     pub workspace: Option<String>,
@@ -534,6 +541,7 @@ pub struct EventsQuery {
 /// Output query.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OutputQuery {
     /// How many recent lines (default 200, at most 10000).
     pub lines: Option<usize>,
@@ -542,6 +550,7 @@ pub struct OutputQuery {
 /// List-ops query.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OpsQuery {
     /// How many (default 100, at most 1000).
     pub limit: Option<usize>,

@@ -26,7 +26,8 @@ type ApiResult<T> = Result<T, ApiError>;
 /// with `format=json`.
 #[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])),
     params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq")),
-    responses((status = 200, description = "text/event-stream, or an EventPage with format=json", body = EventPage),
+    responses((status = 200, description = "A stream of events (text/event-stream), or an EventPage with format=json",
+            content((EventPage = "application/json"), (String = "text/event-stream"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,

@@ -7,6 +7,7 @@
 //! Module dependencies point one way: this file wires the resource modules; resource
 //! modules use `state`, `error`, `dto` and `events`; nothing imports this file back.
 
+pub mod access;
 mod auth;
 pub mod dto;
 pub mod error;
@@ -46,7 +47,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(openapi::openapi))
         .route(
             "/v1/workspaces",
             post(workspaces::create_workspace).get(workspaces::list_workspaces),
@@ -79,11 +79,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/workspaces/{id}/output", get(workspaces::main_output))
         .route("/v1/self", get(workspaces::whoami))
+        .route(
+            "/v1/workspaces/{id}/exec",
+            post(access::exec_to_end).get(access::exec_stream),
+        )
+        .route("/v1/workspaces/{id}/attach", get(access::attach))
+        .route("/v1/workspaces/{id}/logs", get(access::logs))
+        .route(
+            "/v1/workspaces/{id}/files",
+            get(access::files_out).put(access::files_in),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ))
         .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
@@ -140,6 +151,7 @@ pub fn booting_router(admin_token: &str) -> Router {
     let admin: Arc<str> = Arc::from(admin_token);
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(move |req: Request| {
             let admin = Arc::clone(&admin);
             async move {

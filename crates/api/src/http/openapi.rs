@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dto, error, events, health, operations, sessions, workspaces};
+use super::{access, dto, error, events, health, operations, sessions, workspaces};
 
 /// The API's document.
 #[derive(Debug, OpenApi)]
@@ -22,14 +22,16 @@ use super::{dto, error, events, health, operations, sessions, workspaces};
         workspaces::wait, operations::get_operation, operations::list_operations,
         events::events, sessions::launch_session, sessions::list_sessions,
         sessions::stop_session, sessions::session_output, workspaces::main_output,
-        workspaces::whoami,
+        workspaces::whoami, access::exec_to_end, access::exec_stream, access::attach,
+        access::logs, access::files_out, access::files_in,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, dto::WorkspaceView, dto::OperationView,
         dto::EventView, dto::SessionView, dto::CreateRequest, dto::CreateResponse,
-        dto::OpResponse, dto::WaitResponse, dto::SessionRequest,
+        dto::OpResponse, dto::WaitResponse, dto::SessionRequest, access::ExecBody,
+        access::ExecResult, access::ExecStart, access::LogLineView,
     )),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &CommonErrors),
 )]
 pub struct ApiDoc;
 
@@ -46,8 +48,68 @@ impl Modify for Bearer {
     }
 }
 
+/// The answers every authenticated route can give besides its own: 401 without a
+/// valid token, 403 for a workspace token outside its workspace, 503 while the daemon
+/// starts or stops, 504 when a request outlives the daemon's request timeout.
+#[derive(Debug)]
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+        let error = |what: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(what)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in &mut openapi.paths.paths {
+            if path == "/healthz" || path == "/openapi.json" {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let answers = &mut op.responses.responses;
+                for (status, what) in [
+                    ("401", "No valid token (`unauthorized`)"),
+                    (
+                        "403",
+                        "A workspace token outside its workspace (`forbidden`)",
+                    ),
+                    (
+                        "503",
+                        "Starting, shutting down, or the store or runtime is unavailable",
+                    ),
+                    (
+                        "504",
+                        "The request outlived the daemon's request timeout, or a runtime call timed out",
+                    ),
+                ] {
+                    answers
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(what));
+                }
+            }
+        }
+    }
+}
+
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "health", security(("bearer" = [])),
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document()).into_response()

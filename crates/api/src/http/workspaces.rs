@@ -28,7 +28,11 @@ use super::state::{AppState, Principal};
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn parse_timeout(value: Option<&str>, default: Duration, max: Duration) -> ApiResult<Duration> {
+pub(crate) fn parse_timeout(
+    value: Option<&str>,
+    default: Duration,
+    max: Duration,
+) -> ApiResult<Duration> {
     let Some(text) = value else {
         return Ok(default.min(max));
     };

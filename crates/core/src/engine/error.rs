@@ -74,6 +74,14 @@ pub enum EngineError {
         /// Its state at the timeout.
         state: State,
     },
+    /// The request needs the workspace's process running (exec, attach).
+    #[error("workspace {workspace} is not running: it is {state}")]
+    NotRunning {
+        /// The workspace.
+        workspace: String,
+        /// Its state.
+        state: State,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -110,6 +118,7 @@ impl EngineError {
             EngineError::SessionExists { .. } => ErrorCode::SessionExists,
             EngineError::IdempotencyConflict { .. } => ErrorCode::IdempotencyConflict,
             EngineError::WaitTimeout { .. } => ErrorCode::WaitTimeout,
+            EngineError::NotRunning { .. } => ErrorCode::WorkspaceNotRunning,
             EngineError::ShuttingDown => ErrorCode::ShuttingDown,
             EngineError::RuntimeUnavailable { .. } => ErrorCode::RuntimeUnavailable,
             EngineError::Runtime(e) => runtime_code(e),
@@ -141,6 +150,8 @@ pub fn runtime_code(error: &RuntimeError) -> ErrorCode {
     match error {
         RuntimeError::Unavailable { .. } => ErrorCode::RuntimeUnavailable,
         RuntimeError::Timeout { .. } => ErrorCode::RuntimeTimeout,
+        RuntimeError::Unsupported { .. } => ErrorCode::Unsupported,
+        RuntimeError::BadInput { .. } => ErrorCode::ValidationFailed,
         RuntimeError::Conflict {
             reason: ConflictReason::Foreign,
             ..

@@ -24,6 +24,7 @@ mod error;
 mod gate;
 mod health;
 mod intake;
+mod io;
 mod launch;
 mod ops;
 mod queries;

@@ -6,11 +6,16 @@
 //! port that every adapter and every fake runs.
 
 mod clock;
+mod io;
 mod reporter;
 mod runtime;
 mod store;
 
 pub use clock::{Clock, SystemClock};
+pub use io::{
+    ByteStream, CopyRequest, ExecInput, ExecIo, ExecOutput, ExecRequest, LogLine, LogQuery,
+    LogStream, TermSize,
+};
 pub use reporter::{Report, Reporter, ReporterStats, Step};
 pub use runtime::{
     API_SOCKET, CaptureTarget, ConflictReason, DirtyReport, EventWake, LaunchRequest,

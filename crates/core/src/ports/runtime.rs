@@ -18,6 +18,8 @@ use crate::ids::{
 use crate::model::{Timestamp, WorkspaceSpec};
 use tokio_util::sync::CancellationToken;
 
+use super::io::{ByteStream, CopyRequest, ExecIo, ExecRequest, LogQuery, LogStream, TermSize};
+
 /// Why a runtime refused with a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConflictReason {
@@ -64,6 +66,20 @@ pub enum RuntimeError {
         operation: String,
         /// After how long.
         after: Duration,
+    },
+    /// The runtime does not offer this call (an exec on a runtime without one), or
+    /// not for this resource.
+    #[error("{message}")]
+    Unsupported {
+        /// A sentence.
+        message: String,
+    },
+    /// The caller's input cannot be used (an archive that is not one, a path that
+    /// is not a directory): nothing was changed.
+    #[error("{message}")]
+    BadInput {
+        /// A sentence.
+        message: String,
     },
     /// Anything else, with the resource named.
     #[error("{resource}: {message}")]
@@ -345,6 +361,75 @@ pub trait ProcessRuntime: Send + Sync + std::fmt::Debug {
         target: &CaptureTarget,
         lines: usize,
     ) -> Result<Vec<String>, RuntimeError>;
+
+    /// Output of the main process or a session, kept past the process's end where the
+    /// runtime can (the last incarnation's at least), oldest first. The default reads
+    /// [`ProcessRuntime::capture`] (no times, no follow). MUST return `NotFound` when
+    /// nothing of the target is known.
+    async fn logs(
+        &self,
+        target: &CaptureTarget,
+        query: &LogQuery,
+    ) -> Result<LogStream, RuntimeError> {
+        let lines = self.capture(target, query.tail.unwrap_or(10_000)).await?;
+        let lines = lines
+            .into_iter()
+            .map(|text| Ok(super::io::LogLine { time: None, text }));
+        Ok(Box::pin(futures_util::stream::iter(
+            lines.collect::<Vec<_>>(),
+        )))
+    }
+
+    /// Runs a command beside the workspace's main process (same directory, user,
+    /// environment without its token, sandbox and network). MUST return `NotFound`
+    /// when the main resource of `request.resource` does not run. When the caller
+    /// drops the output end, the command MUST be ended where the runtime can.
+    async fn exec(&self, request: &ExecRequest) -> Result<ExecIo, RuntimeError> {
+        let _ = request;
+        Err(RuntimeError::Unsupported {
+            message: format!(
+                "the {} runtime cannot run commands in a workspace",
+                self.kind()
+            ),
+        })
+    }
+
+    /// An interactive terminal on the main process (`session` `None`) or a session:
+    /// the process's own terminal where the runtime has one (tmux), else a shell in
+    /// the workspace (Docker). Dropping the output end detaches; the process goes on.
+    async fn attach(
+        &self,
+        target: &CaptureTarget,
+        size: TermSize,
+        term: Option<String>,
+    ) -> Result<ExecIo, RuntimeError> {
+        let _ = (target, size, term);
+        Err(RuntimeError::Unsupported {
+            message: format!("the {} runtime has no terminal to attach to", self.kind()),
+        })
+    }
+
+    /// A tar archive of `request.path`. MUST return `NotFound` when the path does not
+    /// exist.
+    async fn copy_out(&self, request: &CopyRequest) -> Result<ByteStream, RuntimeError> {
+        let _ = request;
+        Err(RuntimeError::Unsupported {
+            message: format!("the {} runtime cannot copy files", self.kind()),
+        })
+    }
+
+    /// Extracts the tar archive `archive` into the directory `request.path`. MUST
+    /// return `NotFound` when that directory does not exist.
+    async fn copy_in(
+        &self,
+        request: &CopyRequest,
+        archive: ByteStream,
+    ) -> Result<(), RuntimeError> {
+        let _ = (request, archive);
+        Err(RuntimeError::Unsupported {
+            message: format!("the {} runtime cannot copy files", self.kind()),
+        })
+    }
 
     /// Whether the workspace directory holds unsaved work (a git work tree with
     /// uncommitted or untracked files). A directory that is not a git work tree is
