@@ -7,6 +7,7 @@
 mod bench;
 mod bench_api;
 mod chaos;
+mod fuzz;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +25,10 @@ fn main() -> Result<()> {
         Some("chaos") => chaos::run(&root, &args[1..]),
         Some("openapi") => openapi(&root, args.get(1).map(String::as_str) == Some("--check")),
         Some("test-image") => test_image(&root),
+        Some("fuzz-api") => fuzz::run(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|tidy|bench|chaos|openapi [--check]|test-image>\n  chaos  the daemon under a random workload, killed and faulted, invariants checked (--rounds N --seed S --docker)\n  test-image  imports the busybox test image into the local Docker daemon (no registry)\n  openapi  writes docs/openapi.json from the code (--check: fails when it differs)\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
+                "usage: cargo xtask <ci|tidy|bench|chaos|openapi [--check]|test-image|fuzz-api>\n  fuzz-api  schemathesis against a daemon from docs/openapi.json: no 5xx\n  chaos  the daemon under a random workload, killed and faulted, invariants checked (--rounds N --seed S --docker)\n  test-image  imports the busybox test image into the local Docker daemon (no registry)\n  openapi  writes docs/openapi.json from the code (--check: fails when it differs)\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
             );
             bail!("unknown or missing command");
         }
@@ -190,6 +192,8 @@ fn ci(root: &Path) -> Result<()> {
         "cargo",
         &["build", "--locked", "-p", "berth", "--bin", "berth"],
     )?;
+    // schemathesis from the OpenAPI document: bad input is never a 5xx.
+    fuzz::run(root)?;
     // The fault campaign's short run (the long one: `cargo xtask chaos --rounds 200
     // --docker --seed <n>`).
     chaos::run(

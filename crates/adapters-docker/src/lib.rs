@@ -1084,16 +1084,15 @@ impl ProcessRuntime for DockerRuntime {
 
     async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError> {
         if let Some(dir) = &workspace.spec.dir {
+            // The user's input: a 4xx (`validation_failed`), never a runtime fault.
             let meta = tokio::fs::metadata(dir)
                 .await
-                .map_err(|e| RuntimeError::Other {
-                    resource: dir.clone(),
-                    message: format!("the workspace directory cannot be used: {e}"),
+                .map_err(|e| RuntimeError::BadInput {
+                    message: format!("dir {dir}: the workspace directory cannot be used: {e}"),
                 })?;
             if !meta.is_dir() {
-                return Err(RuntimeError::Other {
-                    resource: dir.clone(),
-                    message: "is not a directory".into(),
+                return Err(RuntimeError::BadInput {
+                    message: format!("dir {dir}: is not a directory"),
                 });
             }
             return Ok(Some(WORKSPACE_MOUNT.into()));

@@ -135,10 +135,13 @@ pub async fn prepare(dir: &WorkDir, timeout: Duration) -> Result<(), RuntimeErro
             {
                 Ok(())
             } else {
-                Err(other(
-                    path,
-                    "the workspace directory does not exist or is not a directory",
-                ))
+                // The user's input: a 4xx (`validation_failed`), never a runtime fault.
+                Err(RuntimeError::BadInput {
+                    message: format!(
+                        "dir {}: the workspace directory does not exist or is not a directory",
+                        path.display()
+                    ),
+                })
             }
         }
         WorkDir::Scratch(path) => tokio::fs::create_dir_all(path)

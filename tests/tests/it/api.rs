@@ -404,8 +404,10 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_every_route_answe
 }
 
 /// Defect 13: an op that ended badly answered 200 with a failed op, and the CLI exited
-/// 0. It now answers with its error's status (502 `runtime_error` here), still with the
-/// workspace and the op, and the CLI exits non-zero with the error.
+/// 0. It now answers with its error's status, still with the workspace and the op, and
+/// the CLI exits non-zero with the error. A directory that is not there is the caller's
+/// input: 422 `validation_failed` (it was 502 `runtime_error` until schemathesis's
+/// stateful phase reused a deleted workspace's directory: a 5xx is always a bug).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_op_that_ends_badly_answers_with_its_error_status_and_the_cli_fails() {
     let d = Daemon::start(&[]).await.expect("daemon");
@@ -417,8 +419,8 @@ async fn an_op_that_ends_badly_answers_with_its_error_status_and_the_cli_fails()
         .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = d.post("/v1/workspaces/nodir/start", json!({})).await;
-    assert_eq!(s, 502, "{v}");
-    assert_eq!(v["error"]["code"], "runtime_error", "{v}");
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "validation_failed", "{v}");
     assert!(
         v["error"]["message"]
             .as_str()
@@ -426,7 +428,7 @@ async fn an_op_that_ends_badly_answers_with_its_error_status_and_the_cli_fails()
         "the error names the thing: {v}"
     );
     assert_eq!(v["operation"]["status"], "failed");
-    assert_eq!(v["operation"]["error"]["code"], "runtime_error");
+    assert_eq!(v["operation"]["error"]["code"], "validation_failed");
     assert_eq!(v["workspace"]["state"], "failed");
     let out = tokio::process::Command::new(berth_bin())
         .args(["ws", "start", "nodir"])
@@ -438,7 +440,7 @@ async fn an_op_that_ends_badly_answers_with_its_error_status_and_the_cli_fails()
         .expect("berth");
     assert!(!out.status.success(), "the CLI exits non-zero");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("runtime_error"), "{stderr}");
+    assert!(stderr.contains("validation_failed"), "{stderr}");
     // A directory that cannot be checked refuses a plain delete (409, with the
     // workspace and the op); a forced one is a success, 200.
     let (s, v) = d.delete("/v1/workspaces/nodir").await;

@@ -295,7 +295,8 @@ pub trait ProcessRuntime: Send + Sync + std::fmt::Debug {
 
     /// Creates the workspace directory (worktree, volume) if the spec asks for one and
     /// returns its path. MUST be idempotent. MUST NOT create or modify a directory the
-    /// user brought; MUST return `Other` naming the path when it does not exist.
+    /// user brought; MUST return `BadInput` naming the path when it does not exist (the
+    /// caller's input, answered with a 4xx).
     async fn prepare(&self, workspace: &WorkspaceRef) -> Result<Option<String>, RuntimeError>;
 
     /// Launches the main process labelled with `request.resource`.
