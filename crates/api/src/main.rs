@@ -39,6 +39,32 @@ enum Command {
         #[command(subcommand)]
         command: SessionCommand,
     },
+    /// Bring up the workspaces and sessions a workspace file describes: create what is
+    /// missing, start what is stopped, recreate what changed. Run twice, nothing happens.
+    Up {
+        #[command(flatten)]
+        target: Target,
+        /// The workspace file (see README).
+        #[arg(short = 'f', long, default_value = "berth.toml")]
+        file: std::path::PathBuf,
+        /// Recreate a changed workspace even when it holds unsaved work.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop the workspaces of a workspace file (--rm: delete them).
+    Down {
+        #[command(flatten)]
+        target: Target,
+        /// The workspace file.
+        #[arg(short = 'f', long, default_value = "berth.toml")]
+        file: std::path::PathBuf,
+        /// Delete them (refused for a workspace with unsaved work, unless --force).
+        #[arg(long)]
+        rm: bool,
+        /// With --rm: delete even with unsaved work.
+        #[arg(long, requires = "rm")]
+        force: bool,
+    },
     /// Lifecycle events (-f follows them live).
     Events {
         #[command(flatten)]
@@ -61,6 +87,12 @@ enum Command {
         /// daemon (built from Debian's busybox-static, no registry) and print its name.
         #[arg(long)]
         test_image: bool,
+    },
+    /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`
+    /// (zsh: into a directory of `$fpath` as `_berth`; fish: `~/.config/fish/completions/berth.fish`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Print the OpenAPI document.
     #[command(hide = true)]
@@ -169,6 +201,11 @@ fn main() -> ExitCode {
     if let Command::SandboxExec { policy, argv } = &cli.command {
         return sandbox_exec(policy, argv);
     }
+    if let Command::Completions { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut command, "berth", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     if let Command::LogPipe { file } = &cli.command {
         return match berth_tmux::logs::pipe_log(file, berth_tmux::logs::DEFAULT_MAX_BYTES) {
             Ok(()) => ExitCode::SUCCESS,
@@ -185,6 +222,8 @@ fn main() -> ExitCode {
         Command::Ws { target, .. }
         | Command::Session { target, .. }
         | Command::Events { target, .. }
+        | Command::Up { target, .. }
+        | Command::Down { target, .. }
         | Command::Doctor { target, .. } => target.json,
         _ => false,
     };
@@ -206,6 +245,21 @@ fn main() -> ExitCode {
             Command::Session { target, command } => {
                 target.connect()?.session(command).await.map(|()| 0)
             }
+            Command::Up {
+                target,
+                file,
+                force,
+            } => target.connect()?.run_up(&file, force).await.map(|()| 0),
+            Command::Down {
+                target,
+                file,
+                rm,
+                force,
+            } => target
+                .connect()?
+                .run_down(&file, rm, force)
+                .await
+                .map(|()| 0),
             Command::Events {
                 target,
                 follow,
@@ -236,7 +290,9 @@ fn main() -> ExitCode {
                 print!("{}", berth::http::openapi::document());
                 Ok(0)
             }
-            Command::SandboxExec { .. } | Command::LogPipe { .. } => Ok(125),
+            Command::SandboxExec { .. } | Command::LogPipe { .. } | Command::Completions { .. } => {
+                Ok(125)
+            }
         }
     });
     // Do not wait for stray blocking tasks (a stdin read) on the way out.

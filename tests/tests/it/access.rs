@@ -455,6 +455,40 @@ async fn the_cli_exit_codes_tell_usage_not_found_refused_and_unreachable_apart()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_ids_for_scripts_names_for_people_and_completions_for_shells() {
+    let d = Daemon::start(&[]).await.expect("daemon");
+    let out = d
+        .cli(&["ws", "create", "quiet-one", "--no-start", "-q"], None)
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    assert!(
+        id.starts_with("ws-") && !id.contains(' '),
+        "only the id: {id:?}"
+    );
+    let out = d.cli(&["ws", "ls", "-q"], None).await;
+    assert_eq!(text(&out.stdout), format!("{id}\n"));
+    // Event tables name the workspace.
+    let out = d.cli(&["events"], None).await;
+    let table = text(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .all(|l| l.contains("quiet-one") && !l.contains(&id)),
+        "{table}"
+    );
+    let out = Command::new(berth_bin())
+        .args(["completions", "bash"])
+        .output()
+        .expect("berth");
+    let script = text(&out.stdout);
+    assert!(
+        out.status.success() && script.contains("attach") && script.contains("complete"),
+        "{script}"
+    );
+}
+
 /// Removes the containers and volumes of one workspace when dropped (even on failure).
 struct DockerCleanup(String);
 

@@ -9,3 +9,4 @@ mod lifecycle;
 mod quickstart;
 mod security;
 mod shutdown;
+mod up;

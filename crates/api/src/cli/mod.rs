@@ -7,6 +7,7 @@
 
 mod access;
 pub mod doctor;
+mod up;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -34,6 +35,9 @@ pub struct Target {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Print only ids (of listed or created workspaces), one per line.
+    #[arg(short = 'q', long, global = true, conflicts_with = "json")]
+    pub quiet: bool,
     /// Trust this CA certificate (PEM) for an HTTPS daemon, beside the system's.
     #[arg(long, env = "BERTH_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
@@ -253,6 +257,8 @@ pub struct Client {
     token: String,
     /// JSON output.
     pub json: bool,
+    /// Ids only.
+    pub quiet: bool,
 }
 
 impl Target {
@@ -327,6 +333,7 @@ impl Target {
             base: self.base_url()?,
             token,
             json: self.json,
+            quiet: self.quiet,
         })
     }
 }
@@ -491,20 +498,70 @@ fn enc(s: &str) -> String {
     out
 }
 
+/// The terminal's width when stdout is one.
+fn terminal_width() -> Option<usize> {
+    std::io::stdout()
+        .is_terminal()
+        .then(|| terminal_size::terminal_size().map(|(w, _)| usize::from(w.0)))
+        .flatten()
+}
+
+/// `text` cut to `width` characters, the cut marked with `…` at its `start` or end.
+fn fit(text: &str, width: usize, start: bool) -> String {
+    let n = text.chars().count();
+    if n <= width {
+        return text.to_owned();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    if start {
+        let tail: String = text.chars().skip(n - (width - 1)).collect();
+        format!("…{tail}")
+    } else {
+        let head: String = text.chars().take(width - 1).collect();
+        format!("{head}…")
+    }
+}
+
 fn print_workspaces(items: &[Value]) {
+    let field = |w: &Value, k: &str| w[k].as_str().unwrap_or("").to_owned();
+    // Columns as wide as their widest value; on a terminal, the directory (then the
+    // name) gives way so a row fits the screen.
+    let mut name_w = items
+        .iter()
+        .map(|w| field(w, "name").chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let fixed = 19 + 1 + 8 + 1 + 9 + 1 + 4 + 2;
+    let mut dir_w = items
+        .iter()
+        .map(|w| field(w, "dir").chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
+    if let Some(width) = terminal_width() {
+        let room = width.saturating_sub(fixed + 1);
+        if name_w + dir_w > room {
+            dir_w = room.saturating_sub(name_w).max(12);
+            name_w = room.saturating_sub(dir_w).max(8).min(name_w);
+        }
+    }
     println!(
-        "{:<22} {:<24} {:<8} {:<9} {:>4}  DIR",
+        "{:<19} {:<name_w$} {:<8} {:<9} {:>4}  DIR",
         "ID", "NAME", "RUNTIME", "STATE", "INC"
     );
     for w in items {
+        let dir = w["dir"].as_str().unwrap_or("-");
         println!(
-            "{:<22} {:<24} {:<8} {:<9} {:>4}  {}",
-            w["id"].as_str().unwrap_or(""),
-            w["name"].as_str().unwrap_or(""),
-            w["runtime"].as_str().unwrap_or(""),
-            w["state"].as_str().unwrap_or(""),
+            "{:<19} {:<name_w$} {:<8} {:<9} {:>4}  {}",
+            field(w, "id"),
+            fit(&field(w, "name"), name_w, false),
+            field(w, "runtime"),
+            field(w, "state"),
             w["incarnation"].as_u64().unwrap_or(0),
-            w["dir"].as_str().unwrap_or("-"),
+            fit(dir, dir_w, true),
         );
     }
 }
@@ -746,6 +803,28 @@ fn env_pairs(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 impl Client {
+    /// Runs `berth up` on the workspace file `file`.
+    ///
+    /// # Errors
+    /// An unreadable file, transport or API errors (the first of them; every workspace
+    /// is tried).
+    pub async fn run_up(&self, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
+        self.up(file, force).await
+    }
+
+    /// Runs `berth down` on the workspace file `file`.
+    ///
+    /// # Errors
+    /// As [`Client::run_up`].
+    pub async fn run_down(
+        &self,
+        file: &std::path::Path,
+        rm: bool,
+        force: bool,
+    ) -> anyhow::Result<()> {
+        self.down(file, rm, force).await
+    }
+
     /// Runs `berth ws ...`.
     ///
     /// # Errors
@@ -866,7 +945,11 @@ impl Client {
                         .await?;
                     ws = waited["workspace"].clone();
                 }
-                self.print(&ws, |w| print_workspaces(std::slice::from_ref(w)));
+                if self.quiet {
+                    println!("{}", ws["id"].as_str().unwrap_or(""));
+                } else {
+                    self.print(&ws, |w| print_workspaces(std::slice::from_ref(w)));
+                }
                 if ws["state"] == "failed" {
                     // The row is printed; the exit status and the reason say it failed.
                     let e = &ws["last_error"];
@@ -905,7 +988,13 @@ impl Client {
                 }
                 // The API's page shape; the CLI read every page, so no cursor is left.
                 let page = serde_json::json!({"items": items, "next_cursor": null});
-                self.print(&page, |_| print_workspaces(&items));
+                if self.quiet {
+                    for w in &items {
+                        println!("{}", w["id"].as_str().unwrap_or(""));
+                    }
+                } else {
+                    self.print(&page, |_| print_workspaces(&items));
+                }
             }
             WsCommand::Show { id } => {
                 let ws = self.get(&format!("/v1/workspaces/{}", enc(&id))).await?;
@@ -1132,15 +1221,36 @@ impl Client {
             .map(|w| format!("&workspace={}", enc(&w)))
             .unwrap_or_default();
         let since = self.since_seq(&since, &filter).await?;
-        let show = |e: &Value| {
-            if self.json {
-                println!("{e}");
-            } else {
+        // People think in names: each workspace's is looked up once (a deleted one
+        // keeps its id).
+        let names = std::sync::Arc::new(parking_lot::Mutex::new(BTreeMap::<String, String>::new()));
+        let show = |e: Value| {
+            let names = std::sync::Arc::clone(&names);
+            async move {
+                if self.json {
+                    println!("{e}");
+                    return;
+                }
+                let id = e["workspace_id"].as_str().unwrap_or("").to_owned();
+                let known = names.lock().get(&id).cloned();
+                let name = match known {
+                    Some(n) => n,
+                    None => {
+                        let n = self
+                            .get(&format!("/v1/workspaces/{}", enc(&id)))
+                            .await
+                            .ok()
+                            .and_then(|w| w["name"].as_str().map(str::to_owned))
+                            .unwrap_or_else(|| id.clone());
+                        names.lock().insert(id.clone(), n.clone());
+                        n
+                    }
+                };
                 println!(
                     "{:>6} {} {:<22} {:>8} -> {:<8} {:<16} {}",
                     e["seq"].as_u64().unwrap_or(0),
                     e["at"].as_str().unwrap_or(""),
-                    e["workspace_id"].as_str().unwrap_or(""),
+                    name,
                     e["from"].as_str().unwrap_or("-"),
                     e["to"].as_str().unwrap_or("-"),
                     e["cause"].as_str().unwrap_or(""),
@@ -1157,8 +1267,8 @@ impl Client {
                     ))
                     .await?;
                 let items = page["items"].as_array().cloned().unwrap_or_default();
-                for e in &items {
-                    show(e);
+                for e in items.iter().cloned() {
+                    show(e).await;
                 }
                 if items.len() < 1000 {
                     return Ok(());
@@ -1196,7 +1306,7 @@ impl Client {
                 if let Some(data) = line.trim_end().strip_prefix("data:")
                     && let Ok(e) = serde_json::from_str::<Value>(data.trim())
                 {
-                    show(&e);
+                    show(e).await;
                 }
             }
         }
@@ -1218,5 +1328,34 @@ mod tests {
         for bad in ["", "m", "12x", "-1", "99999999999999999999g"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_long_value_is_cut_to_its_column_with_a_mark() {
+        assert_eq!(fit("short", 10, false), "short");
+        assert_eq!(fit("a-very-long-name", 8, false), "a-very-…");
+        assert_eq!(fit("/home/me/src/project", 10, true), "…c/project");
+        assert_eq!(fit("/home/me/src/project", 10, true).chars().count(), 10);
+        assert_eq!(fit("x", 0, true), "");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_error_code_table() {
+        let call = |code: &str| -> anyhow::Error {
+            CallError {
+                code: code.into(),
+                message: String::new(),
+                details: Value::Null,
+            }
+            .into()
+        };
+        assert_eq!(exit_code(&call("not_found")), 3);
+        assert_eq!(exit_code(&call("workspace_dirty")), 4);
+        assert_eq!(exit_code(&call("wait_timeout")), 5);
+        assert_eq!(exit_code(&call("validation_failed")), 2);
+        assert_eq!(exit_code(&call("runtime_error")), 1);
+        assert_eq!(exit_code(&Unreachable("x".into()).into()), 6);
+        assert_eq!(exit_code(&UsageError("x".into()).into()), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
     }
 }
