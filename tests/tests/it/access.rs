@@ -478,6 +478,15 @@ async fn the_cli_prints_ids_for_scripts_names_for_people_and_completions_for_she
             .all(|l| l.contains("quiet-one") && !l.contains(&id)),
         "{table}"
     );
+    // doctor --json is JSON (it printed text).
+    let out = d.cli(&["doctor", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json is JSON");
+    assert!(
+        v["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["check"] == "tmux")),
+        "{v}"
+    );
     let out = Command::new(berth_bin())
         .args(["completions", "bash"])
         .output()

@@ -225,8 +225,19 @@ async fn daemon(target: &Target) -> (Level, String) {
 /// Runs every check; returns the exit code (1 when something failed).
 pub async fn run(target: &Target) -> i32 {
     let mut worst = Level::Ok;
+    // With --json, one object at the end: `{"items": [{check, status, detail}], "ok"}`.
+    let mut checks = Vec::new();
     let mut note = |level: Level, what: &str, detail: &str| {
-        report(level, what, detail);
+        if target.json {
+            let status = match level {
+                Level::Ok => "ok",
+                Level::Warn => "warn",
+                Level::Fail => "fail",
+            };
+            checks.push(serde_json::json!({"check": what, "status": status, "detail": detail}));
+        } else {
+            report(level, what, detail);
+        }
         if level == Level::Fail || (level == Level::Warn && worst == Level::Ok) {
             worst = level;
         }
@@ -251,6 +262,12 @@ pub async fn run(target: &Target) -> i32 {
         for (l, what, d) in daemon_runtimes(target).await {
             note(l, &what, &d);
         }
+    }
+    if target.json {
+        println!(
+            "{}",
+            serde_json::json!({"items": checks, "next_cursor": null, "ok": worst != Level::Fail})
+        );
     }
     i32::from(worst == Level::Fail)
 }
