@@ -353,3 +353,46 @@ pub async fn read_when_written(path: &Path, within: Duration) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The busybox test image (imported by `berth doctor --test-image`, no registry), or
+/// `None` after a loud SKIPPED line naming `what` when Docker cannot be used here.
+/// With `BERTH_REQUIRE_DOCKER=1` (CI) that is a failure instead.
+pub fn docker_test_image(what: &str) -> Option<String> {
+    let imported = std::process::Command::new(berth_bin())
+        .args(["doctor", "--test-image"])
+        .output()
+        .expect("berth doctor --test-image");
+    if imported.status.success() {
+        return Some(String::from_utf8_lossy(&imported.stdout).trim().to_owned());
+    }
+    let why = String::from_utf8_lossy(&imported.stderr).into_owned();
+    assert!(
+        !std::env::var("BERTH_REQUIRE_DOCKER").is_ok_and(|v| v == "1"),
+        "BERTH_REQUIRE_DOCKER=1 but the test image cannot be imported: {why}"
+    );
+    eprintln!("\n*** SKIPPED {what}: {why} ***\n");
+    None
+}
+
+/// Removes the containers and volumes of one workspace when dropped (even on failure).
+#[derive(Debug)]
+pub struct DockerCleanup(pub String);
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let filter = format!("label=dev.berth.workspace={}", self.0);
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
+            docker(&["rm", "-f", id]);
+        }
+        for v in docker(&["volume", "ls", "-q", "--filter", &filter]).lines() {
+            docker(&["volume", "rm", "-f", v]);
+        }
+    }
+}

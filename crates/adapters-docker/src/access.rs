@@ -213,16 +213,7 @@ impl DockerRuntime {
         r: &ResourceRef,
         query: &LogQuery,
     ) -> Result<LogStream, RuntimeError> {
-        let name = self.name(&r.engine_id, &r.workspace_id);
-        match self.fenced(r).await {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(RuntimeError::Conflict { .. }) => {
-                return Err(RuntimeError::NotFound {
-                    resource: format!("container {name} (incarnation {})", r.incarnation),
-                });
-            }
-            Err(e) => return Err(e),
-        }
+        let name = self.this_incarnation(r).await?;
         let docker = self.docker().await?;
         let stream = docker.logs(
             &name,

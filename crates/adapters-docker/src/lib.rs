@@ -886,6 +886,21 @@ impl DockerRuntime {
         Ok(Some(c))
     }
 
+    /// The container of `resource`'s incarnation (running or not), or `NotFound`.
+    pub(crate) async fn this_incarnation(
+        &self,
+        resource: &ResourceRef,
+    ) -> Result<String, RuntimeError> {
+        let name = self.name(&resource.engine_id, &resource.workspace_id);
+        match self.fenced(resource).await {
+            Ok(Some(_)) => Ok(name),
+            Ok(None) | Err(RuntimeError::Conflict { .. }) => Err(RuntimeError::NotFound {
+                resource: format!("container {name} (incarnation {})", resource.incarnation),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The listing entry of a main container; its age counts from berth's `created`
     /// label, else from Docker's creation time.
     fn resource_of(
@@ -1300,16 +1315,7 @@ impl ProcessRuntime for DockerRuntime {
     ) -> Result<Vec<String>, RuntimeError> {
         match target {
             CaptureTarget::Main(r) => {
-                let name = self.name(&r.engine_id, &r.workspace_id);
-                match self.fenced(r).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(RuntimeError::Conflict { .. }) => {
-                        return Err(RuntimeError::NotFound {
-                            resource: format!("container {name} (incarnation {})", r.incarnation),
-                        });
-                    }
-                    Err(e) => return Err(e),
-                }
+                let name = self.this_incarnation(r).await?;
                 let docker = self.docker().await?;
                 let mut stream = docker.logs(
                     &name,
@@ -1367,12 +1373,7 @@ impl ProcessRuntime for DockerRuntime {
             // A session's output is a file in the container: what is kept, no follow.
             CaptureTarget::Session(_) => {
                 let lines = self.capture(target, query.tail.unwrap_or(10_000)).await?;
-                Ok(Box::pin(futures_util::stream::iter(
-                    lines
-                        .into_iter()
-                        .map(|text| Ok(berth_core::ports::LogLine { time: None, text }))
-                        .collect::<Vec<_>>(),
-                )))
+                Ok(berth_core::ports::captured(lines))
             }
         }
     }

@@ -1440,12 +1440,7 @@ impl ProcessRuntime for TmuxRuntime {
         }
         // Started before logs were kept: what the pane still shows.
         let lines = self.capture(target, query.tail.unwrap_or(10_000)).await?;
-        Ok(Box::pin(futures_util::stream::iter(
-            lines
-                .into_iter()
-                .map(|text| Ok(berth_core::ports::LogLine { time: None, text }))
-                .collect::<Vec<_>>(),
-        )))
+        Ok(berth_core::ports::captured(lines))
     }
 
     async fn exec(&self, request: &ExecRequest) -> Result<ExecIo, RuntimeError> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_tests::{Daemon, berth_bin, read_when_written};
+use berth_tests::{Daemon, DockerCleanup, berth_bin, docker_test_image, read_when_written};
 use serde_json::json;
 
 fn text(b: &[u8]) -> String {
@@ -41,6 +41,18 @@ impl Terminal {
             .success();
         assert!(ok, "the outer terminal starts");
         Self { socket }
+    }
+
+    /// A terminal running `berth ws attach <name>`, and the file its exit code goes to.
+    fn attached(d: &Daemon, name: &str) -> (Self, std::path::PathBuf) {
+        let done = d.data_dir().join(format!("attach-{name}.exit"));
+        let cmd = format!(
+            "env BERTH_DATA_DIR={} {} ws attach {name}; echo $? > {}; sleep 60",
+            d.data_dir().display(),
+            berth_bin().display(),
+            done.display()
+        );
+        (Self::new(d.data_dir(), &cmd), done)
     }
 
     fn tmux(&self, args: &[&str]) -> String {
@@ -388,14 +400,7 @@ async fn attach_is_a_real_terminal_on_the_workspace_and_detaches_without_stoppin
     let d = Daemon::start(&[]).await.expect("daemon");
     d.running("talk", "while read l; do echo \"heard $l\"; done")
         .await;
-    let done = d.data_dir().join("attach.exit");
-    let cmd = format!(
-        "env BERTH_DATA_DIR={} {} ws attach talk; echo $? > {}; sleep 60",
-        d.data_dir().display(),
-        berth_bin().display(),
-        done.display()
-    );
-    let term = Terminal::new(d.data_dir(), &cmd);
+    let (term, done) = Terminal::attached(&d, "talk");
     // The workspace's own tmux client took the terminal: its status line shows.
     term.shows("[bw-").await;
     term.tmux(&["send-keys", "hello there", "Enter"]);
@@ -498,43 +503,11 @@ async fn the_cli_prints_ids_for_scripts_names_for_people_and_completions_for_she
     );
 }
 
-/// Removes the containers and volumes of one workspace when dropped (even on failure).
-struct DockerCleanup(String);
-
-impl Drop for DockerCleanup {
-    fn drop(&mut self) {
-        let filter = format!("label=dev.berth.workspace={}", self.0);
-        let docker = |args: &[&str]| {
-            Command::new("docker")
-                .args(args)
-                .output()
-                .map(|o| text(&o.stdout))
-                .unwrap_or_default()
-        };
-        for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
-            docker(&["rm", "-f", id]);
-        }
-        for v in docker(&["volume", "ls", "-q", "--filter", &filter]).lines() {
-            docker(&["volume", "rm", "-f", v]);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_logs_cp_and_attach_reach_a_docker_workspace() {
-    let imported = Command::new(berth_bin())
-        .args(["doctor", "--test-image"])
-        .output()
-        .expect("berth doctor --test-image");
-    if !imported.status.success() {
-        let why = text(&imported.stderr);
-        if std::env::var("BERTH_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
-            panic!("BERTH_REQUIRE_DOCKER=1 but the test image cannot be imported: {why}");
-        }
-        eprintln!("\n*** SKIPPED exec_logs_cp_and_attach_reach_a_docker_workspace: {why} ***\n");
+    let Some(image) = docker_test_image("exec_logs_cp_and_attach_reach_a_docker_workspace") else {
         return;
-    }
-    let image = text(&imported.stdout).trim().to_owned();
+    };
     let d = Daemon::start(&[]).await.expect("daemon");
     let (s, v) = d
         .post(
@@ -608,14 +581,7 @@ async fn exec_logs_cp_and_attach_reach_a_docker_workspace() {
     assert!(logs.contains(" up"), "{logs}");
 
     // attach: a shell in the container, on a terminal.
-    let done = d.data_dir().join("attach.exit");
-    let cmd = format!(
-        "env BERTH_DATA_DIR={} {} ws attach crate; echo $? > {}; sleep 60",
-        d.data_dir().display(),
-        berth_bin().display(),
-        done.display()
-    );
-    let term = Terminal::new(d.data_dir(), &cmd);
+    let (term, done) = Terminal::attached(&d, "crate");
     term.shows("attached to crate").await;
     term.tmux(&["send-keys", "echo $((6*7)) in $(pwd)", "Enter"]);
     term.shows("42 in /workspace").await;

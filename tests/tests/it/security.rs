@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use berth_tests::{Daemon, berth_bin, read_when_written};
+use berth_tests::{Daemon, berth_bin, docker_test_image, read_when_written};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -622,21 +622,11 @@ async fn get_over(socket: &Path, path: &str, token: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_workspace_reaches_the_api_through_its_own_socket() {
     #![allow(clippy::too_many_lines)]
-    let imported = std::process::Command::new(berth_bin())
-        .args(["doctor", "--test-image"])
-        .output()
-        .expect("berth doctor --test-image");
-    let docker = imported.status.success();
-    if !docker {
-        let why = String::from_utf8_lossy(&imported.stderr).into_owned();
-        if std::env::var("BERTH_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
-            panic!("BERTH_REQUIRE_DOCKER=1 but the test image cannot be imported: {why}");
-        }
-        eprintln!(
-            "\n*** SKIPPED the Docker half of each_workspace_reaches_the_api_through_its_own_socket: {why} ***\n"
-        );
-    }
-    let image = String::from_utf8_lossy(&imported.stdout).trim().to_owned();
+    let imported = docker_test_image(
+        "the Docker half of each_workspace_reaches_the_api_through_its_own_socket",
+    );
+    let docker = imported.is_some();
+    let image = imported.unwrap_or_default();
     let mut d = Daemon::start(&["--docker-image", &image])
         .await
         .expect("daemon");

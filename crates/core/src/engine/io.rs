@@ -14,7 +14,7 @@ use crate::state::State;
 
 impl Engine {
     /// The workspace and its runtime, or why not.
-    async fn with_runtime(
+    pub(crate) async fn with_runtime(
         &self,
         workspace_id: &WorkspaceId,
     ) -> Result<(Workspace, std::sync::Arc<dyn ProcessRuntime>), EngineError> {
@@ -57,7 +57,7 @@ impl Engine {
     }
 
     /// The session's target, or `NotFound`.
-    async fn session_target(
+    pub(crate) async fn session_target(
         &self,
         ws: &Workspace,
         name: &SessionName,

@@ -312,34 +312,9 @@ impl Engine {
         session: Option<&SessionName>,
         lines: usize,
     ) -> Result<Vec<String>, EngineError> {
-        let ws = self.existing(workspace_id).await?;
-        let Some(rt) = self.runtime_for(&ws) else {
-            return Err(EngineError::RuntimeUnavailable {
-                runtime: ws.runtime.to_string(),
-                message: "not configured on this engine".into(),
-            });
-        };
+        let (ws, rt) = self.with_runtime(workspace_id).await?;
         let target = match session {
-            Some(name) => {
-                let row = self
-                    .inner
-                    .store
-                    .sessions(&ws.id)
-                    .await?
-                    .into_iter()
-                    .find(|s| &s.name == name);
-                let Some(row) = row else {
-                    return Err(EngineError::NotFound {
-                        what: format!("session {name} of workspace {}", ws.id),
-                    });
-                };
-                CaptureTarget::Session(SessionRef {
-                    engine_id: self.inner.engine_id.clone(),
-                    workspace_id: ws.id.clone(),
-                    name: name.clone(),
-                    generation: Some(row.generation),
-                })
-            }
+            Some(name) => self.session_target(&ws, name).await?,
             None if ws.incarnation.0 == 0 => return Ok(Vec::new()),
             None => CaptureTarget::Main(self.resource(&ws)),
         };

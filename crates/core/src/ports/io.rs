@@ -112,6 +112,17 @@ pub struct LogLine {
 /// A stream of output lines, oldest first.
 pub type LogStream = BoxStream<'static, Result<LogLine, super::RuntimeError>>;
 
+/// Captured lines (no times) as a finished [`LogStream`]: what a runtime without kept
+/// logs answers.
+pub fn captured(lines: Vec<String>) -> LogStream {
+    Box::pin(futures_util::stream::iter(
+        lines
+            .into_iter()
+            .map(|text| Ok(LogLine { time: None, text }))
+            .collect::<Vec<_>>(),
+    ))
+}
+
 /// A stream of bytes (a tar archive).
 pub type ByteStream = BoxStream<'static, Result<Vec<u8>, std::io::Error>>;
 

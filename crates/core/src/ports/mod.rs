@@ -14,7 +14,7 @@ mod store;
 pub use clock::{Clock, SystemClock};
 pub use io::{
     ByteStream, CopyRequest, ExecInput, ExecIo, ExecOutput, ExecRequest, LogLine, LogQuery,
-    LogStream, TermSize,
+    LogStream, TermSize, captured,
 };
 pub use reporter::{Report, Reporter, ReporterStats, Step};
 pub use runtime::{

@@ -373,12 +373,7 @@ pub trait ProcessRuntime: Send + Sync + std::fmt::Debug {
         query: &LogQuery,
     ) -> Result<LogStream, RuntimeError> {
         let lines = self.capture(target, query.tail.unwrap_or(10_000)).await?;
-        let lines = lines
-            .into_iter()
-            .map(|text| Ok(super::io::LogLine { time: None, text }));
-        Ok(Box::pin(futures_util::stream::iter(
-            lines.collect::<Vec<_>>(),
-        )))
+        Ok(super::io::captured(lines))
     }
 
     /// Runs a command beside the workspace's main process (same directory, user,
