@@ -22,6 +22,16 @@ pub(crate) struct Beside<'a> {
 }
 
 impl TmuxRuntime {
+    /// The built environment every process beside a workspace starts from, without
+    /// `TERM` (a terminal's own, or none).
+    fn allow_listed(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.config
+            .environment
+            .iter()
+            .filter(|(k, _)| k != "TERM")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// The running main pane of `resource`, or `NotFound`.
     async fn running_main(&self, resource: &ResourceRef) -> Result<(), RuntimeError> {
         match self.fenced_main(resource).await? {
@@ -57,13 +67,7 @@ impl TmuxRuntime {
             }
         };
         cmd.env_clear()
-            .envs(
-                self.config
-                    .environment
-                    .iter()
-                    .filter(|(k, _)| k != "TERM")
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
+            .envs(self.allow_listed())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if let Some(term) = b.term {
             cmd.env("TERM", term);
@@ -118,13 +122,7 @@ impl TmuxRuntime {
         }
         let mut cmd = tokio::process::Command::new("tmux");
         cmd.env_clear()
-            .envs(
-                self.config
-                    .environment
-                    .iter()
-                    .filter(|(k, _)| k != "TERM")
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
+            .envs(self.allow_listed())
             .env("TERM", term.as_deref().unwrap_or("xterm-256color"))
             .arg("-S")
             .arg(self.socket())
