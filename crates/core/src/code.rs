@@ -72,11 +72,13 @@ pub enum ErrorCode {
     WorkspaceNotRunning,
     /// The workspace's runtime does not offer this (files of a runtime without them).
     Unsupported,
+    /// The route exists, not with this method (the `Allow` header lists those it has).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, for tables, documents and exhaustive tests.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -105,6 +107,7 @@ impl ErrorCode {
         ErrorCode::StartTimeout,
         ErrorCode::WorkspaceNotRunning,
         ErrorCode::Unsupported,
+        ErrorCode::MethodNotAllowed,
     ];
 
     /// The HTTP status of the code: the single mapping table.
@@ -114,6 +117,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::WaitTimeout => 408,
             ErrorCode::InvalidTransition
             | ErrorCode::NameTaken
@@ -182,6 +186,7 @@ impl ErrorCode {
             ErrorCode::StartTimeout => "start_timeout",
             ErrorCode::WorkspaceNotRunning => "workspace_not_running",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 }

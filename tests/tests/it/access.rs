@@ -423,7 +423,7 @@ async fn attach_is_a_real_terminal_on_the_workspace_and_detaches_without_stoppin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_exit_codes_tell_usage_not_found_refused_and_unreachable_apart() {
+async fn the_cli_exit_codes_tell_usage_not_found_refused_timeout_and_unreachable_apart() {
     let d = Daemon::start(&[]).await.expect("daemon");
     let out = d.cli(&["ws", "show", "ghost"], None).await;
     assert_eq!(out.status.code(), Some(3), "not found");
@@ -448,6 +448,38 @@ async fn the_cli_exit_codes_tell_usage_not_found_refused_and_unreachable_apart()
     assert_eq!(out.status.code(), Some(2), "usage: {}", text(&out.stderr));
     let out = d.cli(&["ws", "frobnicate"], None).await;
     assert_eq!(out.status.code(), Some(2), "clap usage");
+    // An op still pending when the wait ends: 5 (it exited 0).
+    d.running_ignoring_term("slow").await;
+    let out = d
+        .cli(&["ws", "stop", "slow", "--timeout", "1ms"], None)
+        .await;
+    assert_eq!(out.status.code(), Some(5), "timeout: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wait_timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A failed op: 1, with the reason.
+    let out = d
+        .cli(
+            &[
+                "ws",
+                "create",
+                "doomed",
+                "--dir",
+                "/nonexistent/berth-exit",
+                "--",
+                "true",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing dir is refused input: {}",
+        text(&out.stderr)
+    );
     let out = Command::new(berth_bin())
         .args(["ws", "ls", "--url", "http://127.0.0.1:9", "--token", "x"])
         .output()

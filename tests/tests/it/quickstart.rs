@@ -1,7 +1,59 @@
 //! The README's quick start, run literally: the block between the `quickstart-cli`
 //! markers is executed line by line against a fresh daemon.
 
-use berth_tests::{Daemon, berth_bin};
+use std::path::Path;
+use std::time::Duration;
+
+use berth_tests::{Daemon, berth_bin, read_when_written};
+
+/// Runs an attach line in a real terminal (a pane of the test's own tmux server),
+/// detaches with Ctrl-] once the workspace's terminal shows, and checks it exited 0.
+async fn attach_in_a_terminal(line: &str, path: &str, data: &Path) {
+    let socket = data.join("quickstart-term.sock");
+    let done = data.join("quickstart-attach.exit");
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .env_remove("TMUX")
+            .arg("-S")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("tmux")
+    };
+    let script = format!(
+        "export PATH='{path}' BERTH_DATA_DIR='{}'; {line}; echo $? > '{}'; sleep 60",
+        data.display(),
+        done.display()
+    );
+    let started = tmux(&[
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &script,
+    ]);
+    assert!(started.status.success(), "the terminal starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+        if screen.contains("hello from demo") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{line}: never showed the workspace:\n{screen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tmux(&["send-keys", "C-]"]);
+    let code = read_when_written(&done, Duration::from_secs(20)).await;
+    tmux(&["kill-server"]);
+    assert_eq!(code.expect("the attach ended").trim(), "0", "{line}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_quick_start_runs_as_written() {
@@ -25,6 +77,11 @@ async fn the_readme_quick_start_runs_as_written() {
         std::env::var("PATH").unwrap_or_default()
     );
     for line in commands {
+        if line.contains(" ws attach ") {
+            let line = line.split(" #").next().unwrap_or(line).trim();
+            attach_in_a_terminal(line, &path, d.data_dir()).await;
+            continue;
+        }
         let out = tokio::process::Command::new("sh")
             .args(["-c", line])
             .env("PATH", &path)

@@ -918,10 +918,7 @@ impl Client {
                 if let Some(k) = idempotency_key {
                     req = req.header("Idempotency-Key", k);
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach the berth daemon at {}", self.base))?;
+                let resp = req.send().await.map_err(|e| self.unreachable(e))?;
                 let status = resp.status().as_u16();
                 let value: Value = resp.json().await.unwrap_or(Value::Null);
                 if status >= 400 {
@@ -951,10 +948,21 @@ impl Client {
                     self.print(&ws, |w| print_workspaces(std::slice::from_ref(w)));
                 }
                 if ws["state"] == "failed" {
-                    // The row is printed; the exit status and the reason say it failed.
+                    // The row is printed; the exit status and the reason say it failed,
+                    // with the code of the op that failed (its exit code follows it).
                     let e = &ws["last_error"];
+                    let op_code = match value["operation"]["id"].as_str() {
+                        Some(op) => self
+                            .get(&format!("/v1/operations/{}", enc(op)))
+                            .await
+                            .ok()
+                            .and_then(|o| o["error"]["code"].as_str().map(str::to_owned)),
+                        None => None,
+                    };
                     return Err(CallError {
-                        code: e["code"].as_str().unwrap_or("start_failed").to_owned(),
+                        code: op_code
+                            .or_else(|| e["code"].as_str().map(str::to_owned))
+                            .unwrap_or_else(|| "start_failed".to_owned()),
                         message: format!(
                             "workspace {} failed to start: {}",
                             ws["name"].as_str().unwrap_or("?"),

@@ -55,11 +55,13 @@ pub mod channel {
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
     /// The argv (at least the program).
+    #[schema(min_items = 1)]
     pub command: Vec<String>,
     /// Text for its stdin (none: stdin is closed at once).
     pub stdin: Option<String>,
     /// How long it may run (default `60s`, at most the daemon's request timeout); past
     /// it the command is killed and `timed_out` is true.
+    #[schema(pattern = "^[0-9]{1,9}(ns|us|ms|s|m|h|d)?$")]
     pub timeout: Option<String>,
 }
 
@@ -83,15 +85,19 @@ pub struct ExecResult {
 #[serde(deny_unknown_fields)]
 pub struct ExecStart {
     /// The argv.
+    #[schema(min_items = 1)]
     pub command: Vec<String>,
     /// A terminal (stdout and stderr are then one stream).
     #[serde(default)]
     pub tty: bool,
     /// Terminal columns (default 80).
+    #[schema(minimum = 1)]
     pub cols: Option<u16>,
     /// Terminal rows (default 24).
+    #[schema(minimum = 1)]
     pub rows: Option<u16>,
     /// Terminal type (default `xterm-256color`).
+    #[schema(pattern = "^[A-Za-z0-9._+-]{1,64}$")]
     pub term: Option<String>,
 }
 
@@ -103,10 +109,13 @@ pub struct AttachQuery {
     /// A session's terminal instead of the main process's.
     pub session: Option<String>,
     /// Terminal columns (default 80).
+    #[param(minimum = 1)]
     pub cols: Option<u16>,
     /// Terminal rows (default 24).
+    #[param(minimum = 1)]
     pub rows: Option<u16>,
     /// Terminal type (default `xterm-256color`).
+    #[param(pattern = "^[A-Za-z0-9._+-]{1,64}$")]
     pub term: Option<String>,
 }
 
@@ -141,6 +150,7 @@ pub struct LogLineView {
 pub struct FilesQuery {
     /// tmux: relative to the workspace directory (or absolute inside it); Docker:
     /// absolute in the container, or relative to `/workspace`. For `PUT`, a directory.
+    #[param(pattern = "^[^\\u0000]+$")]
     pub path: String,
 }
 

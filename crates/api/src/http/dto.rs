@@ -307,6 +307,7 @@ pub struct CreateRequest {
     pub name: String,
     /// `tmux` (default) or `docker`.
     #[serde(default)]
+    #[schema(pattern = "^(tmux|docker)$")]
     pub runtime: Option<String>,
     /// The main process's argv (default: the runtime's shell).
     #[serde(default)]
@@ -428,6 +429,9 @@ pub struct SessionRequest {
 pub struct SessionList {
     /// The sessions.
     pub items: Vec<SessionView>,
+    /// Always null: every session is on this page (the list shape is the same as
+    /// everywhere else).
+    pub next_cursor: Option<String>,
 }
 
 /// Recent output lines.
@@ -479,6 +483,7 @@ pub struct OpQuery {
     /// Block until the op settles (default true).
     pub wait: Option<bool>,
     /// How long to block (default `60s`; `500ms`, `2m` also work).
+    #[param(pattern = "^[0-9]{1,9}(ns|us|ms|s|m|h|d)?$")]
     pub timeout: Option<String>,
 }
 
@@ -492,6 +497,7 @@ pub struct DeleteQuery {
     /// Block until the op settles (default true).
     pub wait: Option<bool>,
     /// How long to block (default `60s`).
+    #[param(pattern = "^[0-9]{1,9}(ns|us|ms|s|m|h|d)?$")]
     pub timeout: Option<String>,
 }
 
@@ -505,6 +511,7 @@ pub struct ListQuery {
     /// Only this runtime.
     pub runtime: Option<String>,
     /// Page size (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -520,6 +527,7 @@ pub struct WaitQuery {
     /// An op id: wait for that op to end.
     pub op: Option<String>,
     /// How long (default `30s`).
+    #[param(pattern = "^[0-9]{1,9}(ns|us|ms|s|m|h|d)?$")]
     pub timeout: Option<String>,
 }
 
@@ -535,6 +543,7 @@ pub struct EventsQuery {
     /// `json` for a page instead of a stream.
     pub format: Option<String>,
     /// Page size for `format=json` (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -544,6 +553,7 @@ pub struct EventsQuery {
 #[into_params(parameter_in = Query)]
 pub struct OutputQuery {
     /// How many recent lines (default 200, at most 10000).
+    #[param(minimum = 1, maximum = 10000)]
     pub lines: Option<usize>,
 }
 
@@ -553,5 +563,6 @@ pub struct OutputQuery {
 #[into_params(parameter_in = Query)]
 pub struct OpsQuery {
     /// How many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }

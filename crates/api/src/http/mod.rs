@@ -124,7 +124,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::invalid("method not allowed on this route")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method (see the Allow header)",
+    )
 }
 
 async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {

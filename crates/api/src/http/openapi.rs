@@ -85,6 +85,10 @@ impl Modify for CommonErrors {
             {
                 let answers = &mut op.responses.responses;
                 for (status, what) in [
+                    (
+                        "400",
+                        "A malformed request: bad JSON, an unknown field, a bad query (`invalid_request`)",
+                    ),
                     ("401", "No valid token (`unauthorized`)"),
                     (
                         "403",
@@ -102,6 +106,11 @@ impl Modify for CommonErrors {
                     answers
                         .entry(status.to_owned())
                         .or_insert_with(|| error(what));
+                }
+                if path.starts_with("/v1/") {
+                    answers.entry("422".to_owned()).or_insert_with(|| {
+                        error("A value the API refuses (`validation_failed`, naming the field)")
+                    });
                 }
             }
         }
@@ -121,8 +130,27 @@ pub fn document() -> String {
     DOC.get_or_init(|| {
         let mut doc = ApiDoc::openapi();
         doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-        let mut text = doc
-            .to_pretty_json()
+        let mut value = serde_json::to_value(&doc).unwrap_or_default();
+        // What utoipa cannot say: an argv has a program first and no NUL anywhere.
+        let no_nul = serde_json::json!({"type": "string", "pattern": "^[^\\u0000]*$"});
+        let program =
+            serde_json::json!({"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$"});
+        for schema in ["CreateRequest", "SessionRequest", "ExecBody", "ExecStart"] {
+            let command = &mut value["components"]["schemas"][schema]["properties"]["command"];
+            if command.is_object() {
+                command["minItems"] = serde_json::json!(1);
+                command["prefixItems"] = serde_json::json!([program.clone()]);
+                command["items"] = no_nul.clone();
+            }
+        }
+        // ... and the names an environment may have.
+        for schema in ["CreateRequest", "SessionRequest"] {
+            let env = &mut value["components"]["schemas"][schema]["properties"]["env"];
+            if env.is_object() {
+                env["propertyNames"] = serde_json::json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"});
+            }
+        }
+        let mut text = serde_json::to_string_pretty(&value)
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
         text.push('\n');
         text

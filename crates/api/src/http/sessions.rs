@@ -46,6 +46,7 @@ pub async fn list_sessions(
     let sessions = state.engine.sessions(&ws.id).await?;
     Ok(Json(SessionList {
         items: sessions.iter().map(SessionView::from).collect(),
+        next_cursor: None,
     }))
 }
 

@@ -69,7 +69,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 /// Creates a workspace (and starts it unless `start` is false).
 #[utoipa::path(post, path = "/v1/workspaces", tag = "workspaces", security(("bearer" = [])),
     request_body = CreateRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the first result")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Same key and body: the first result")),
     responses((status = 201, body = CreateResponse,
             headers(("Idempotent-Replayed" = String, description = "`true` when the answer replays an earlier request with the same key"))),
         (status = 400, body = ErrorBody),
@@ -294,8 +294,8 @@ async fn run_op(
 #[utoipa::path(post, path = "/v1/workspaces/{id}/start", tag = "workspaces", security(("bearer" = [])),
     params(("id" = String, Path, description = "Workspace id or name"), OpQuery),
     responses((status = 200, body = OpResponse), (status = 202, body = OpResponse),
-        (status = 404, body = ErrorBody), (status = 409, body = OpResponse, description = "Refused, or the op was superseded: `error` says which"),
-        (status = 502, body = OpResponse), (status = 503, body = ErrorBody), (status = 504, body = OpResponse)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)"),
+        (status = 502, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)"), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)")))]
 pub async fn start(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -316,8 +316,8 @@ pub async fn start(
 #[utoipa::path(post, path = "/v1/workspaces/{id}/stop", tag = "workspaces", security(("bearer" = [])),
     params(("id" = String, Path, description = "Workspace id or name"), OpQuery),
     responses((status = 200, body = OpResponse), (status = 202, body = OpResponse),
-        (status = 404, body = ErrorBody), (status = 409, body = OpResponse),
-        (status = 502, body = OpResponse), (status = 504, body = OpResponse)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)"),
+        (status = 502, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)"), (status = 504, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)")))]
 pub async fn stop(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -338,8 +338,8 @@ pub async fn stop(
 #[utoipa::path(post, path = "/v1/workspaces/{id}/restart", tag = "workspaces", security(("bearer" = [])),
     params(("id" = String, Path, description = "Workspace id or name"), OpQuery),
     responses((status = 200, body = OpResponse), (status = 202, body = OpResponse),
-        (status = 404, body = ErrorBody), (status = 409, body = OpResponse),
-        (status = 502, body = OpResponse), (status = 504, body = OpResponse)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)"),
+        (status = 502, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)"), (status = 504, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)")))]
 pub async fn restart(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -361,8 +361,8 @@ pub async fn restart(
 #[utoipa::path(delete, path = "/v1/workspaces/{id}", tag = "workspaces", security(("bearer" = [])),
     params(("id" = String, Path, description = "Workspace id or name"), DeleteQuery),
     responses((status = 200, body = OpResponse), (status = 202, body = OpResponse),
-        (status = 404, body = ErrorBody), (status = 409, body = OpResponse),
-        (status = 502, body = OpResponse), (status = 504, body = OpResponse)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)"),
+        (status = 502, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)"), (status = 504, body = ErrorBody, description = "The error; when an op ran, the answer also carries `workspace` and `operation` (an OpResponse)")))]
 pub async fn delete_workspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
