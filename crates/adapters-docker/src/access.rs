@@ -5,7 +5,7 @@
 
 use berth_core::ports::{
     ByteStream, CaptureTarget, CopyRequest, ExecInput, ExecIo, ExecOutput, ExecRequest, LogLine,
-    LogQuery, LogStream, ResourceRef, RuntimeError, TermSize,
+    LogQuery, LogStream, ResourceRef, RuntimeError, SessionRef, TermSize,
 };
 use bollard::Docker;
 use bollard::container::{
@@ -16,6 +16,16 @@ use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::{DockerRuntime, WORKSPACE_MOUNT, is_running, map_error};
+
+/// Follows a session's log until its exit file appears (`$1` name, `$2` generation,
+/// `$3` the `tail -n` count).
+const FOLLOW: &str = r#"
+d=/tmp/.berth-sessions; f="$d/$1.$2.log"; x="$d/$1.$2.exit"
+[ -e "$f" ] || exit 44
+tail -n "$3" -f "$f" & t=$!
+while [ ! -e "$x" ] && kill -0 "$t" 2>/dev/null; do sleep 0.2; done
+sleep 0.3; kill "$t" 2>/dev/null; wait "$t" 2>/dev/null; exit 0
+"#;
 
 impl DockerRuntime {
     /// The running container of `resource`, or `NotFound`.
@@ -31,7 +41,6 @@ impl DockerRuntime {
     }
 
     /// Starts `cmd` as an exec in `container` and bridges it to an [`ExecIo`].
-    #[allow(clippy::too_many_arguments)]
     async fn start_exec_io(
         &self,
         container: &str,
@@ -257,6 +266,72 @@ impl DockerRuntime {
                 std::future::ready(keep)
             });
         Ok(Box::pin(lines))
+    }
+
+    /// A session's output followed live: its log file in the container, read by `tail
+    /// -f` until the session's exit file appears (then what is left, and the end).
+    pub(crate) async fn follow_session(
+        &self,
+        session: &SessionRef,
+        tail: Option<usize>,
+    ) -> Result<LogStream, RuntimeError> {
+        let missing = || RuntimeError::NotFound {
+            resource: format!("session {} of {}", session.name, session.workspace_id),
+        };
+        let Some((c, _)) = self.ours(&session.engine_id, &session.workspace_id).await? else {
+            return Err(missing());
+        };
+        let Some(generation) = session.generation.filter(|_| is_running(&c)) else {
+            return Err(missing());
+        };
+        let lines = tail.map_or_else(|| "+1".to_owned(), |n| n.to_string());
+        let io = self
+            .start_exec_io(
+                &self.name(&session.engine_id, &session.workspace_id),
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    FOLLOW.into(),
+                    "berth".into(),
+                    session.name.to_string(),
+                    generation.0.to_string(),
+                    lines,
+                ],
+                Vec::new(),
+                "0:0".into(),
+                None,
+            )
+            .await?;
+        let ExecIo { input, output } = io;
+        drop(input);
+        let stream = futures_util::stream::unfold(
+            (output, Vec::<u8>::new(), false),
+            |(mut output, mut partial, mut ended)| async move {
+                loop {
+                    if let Some(i) = partial.iter().position(|b| *b == b'\n') {
+                        let rest = partial.split_off(i + 1);
+                        let text = String::from_utf8_lossy(&partial)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_owned();
+                        partial = rest;
+                        return Some((Ok(LogLine { time: None, text }), (output, partial, ended)));
+                    }
+                    if ended {
+                        if partial.is_empty() {
+                            return None;
+                        }
+                        partial.push(b'\n');
+                        continue;
+                    }
+                    match output.recv().await {
+                        Some(ExecOutput::Stdout(b)) => partial.extend(b),
+                        Some(ExecOutput::Stderr(_)) => {}
+                        Some(ExecOutput::Exit(_)) | None => ended = true,
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
     }
 
     /// A path in the container: absolute as given, relative to `/workspace`.

@@ -1370,7 +1370,8 @@ impl ProcessRuntime for DockerRuntime {
     ) -> Result<LogStream, RuntimeError> {
         match target {
             CaptureTarget::Main(r) => self.container_logs(r, query).await,
-            // A session's output is a file in the container: what is kept, no follow.
+            // A session's output is a file in the container, followed by `tail -f`.
+            CaptureTarget::Session(s) if query.follow => self.follow_session(s, query.tail).await,
             CaptureTarget::Session(_) => {
                 let lines = self.capture(target, query.tail.unwrap_or(10_000)).await?;
                 Ok(berth_core::ports::captured(lines))

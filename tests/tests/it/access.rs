@@ -612,6 +612,27 @@ async fn exec_logs_cp_and_attach_reach_a_docker_workspace() {
     let logs = text(&out.stdout);
     assert!(logs.contains(" up"), "{logs}");
 
+    // A session's output, followed until the session ends.
+    let (s, v) = d
+        .post(
+            "/v1/workspaces/crate/sessions",
+            json!({"name": "ticker", "command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.5; done"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        d.cli(&["ws", "logs", "crate", "ticker", "-f"], None),
+    )
+    .await
+    .expect("the follow ends with the session");
+    assert_eq!(
+        text(&out.stdout),
+        "line 1\nline 2\nline 3\n",
+        "{}",
+        text(&out.stderr)
+    );
+
     // attach: a shell in the container, on a terminal.
     let (term, done) = Terminal::attached(&d, "crate");
     term.shows("attached to crate").await;

@@ -384,6 +384,9 @@ pub struct WorkspaceList {
 pub struct OperationList {
     /// The ops.
     pub items: Vec<OperationView>,
+    /// Always null: the page is the newest `limit` ops (the list shape is the same as
+    /// everywhere else).
+    pub next_cursor: Option<String>,
 }
 
 /// A page of events.

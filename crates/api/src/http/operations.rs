@@ -40,5 +40,6 @@ pub async fn list_operations(
     let ops = state.engine.ops(&ws.id, limit).await?;
     Ok(Json(OperationList {
         items: ops.iter().map(OperationView::from).collect(),
+        next_cursor: None,
     }))
 }
