@@ -41,6 +41,13 @@ impl Drop for Served {
             .arg(self.data.join("state/tmux.sock"))
             .arg("kill-server")
             .output();
+        // Whatever still names the data directory (a tmux server that outlived its
+        // kill, a log writer): it is this run's, and goes with it.
+        let _ = Command::new("pkill")
+            .arg("-KILL")
+            .arg("-f")
+            .arg(self.data.as_os_str())
+            .output();
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }
@@ -134,6 +141,8 @@ pub fn run(root: &Path) -> Result<()> {
         ])
         // WebSocket only: a plain request is refused by design.
         .args(["--exclude-operation-id", "exec_stream"])
+        // Its cache goes under target/, never into the tree.
+        .current_dir(&log)
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .stdout(std::fs::File::create(&report)?)
