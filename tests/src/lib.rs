@@ -327,14 +327,30 @@ impl Drop for Daemon {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        // The workspaces' tmux server outlives the daemon by design; end it here.
-        let _ = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(self.tmux_socket())
-            .arg("kill-server")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // The workspaces' tmux server outlives the daemon by design; end it here. A
+        // tmux client the daemon forked just before it died can still start a server
+        // after the first kill, so a second round follows; and whatever still names
+        // this data directory (such a late server, a log writer) goes with it.
+        let dir = format!("{}/", self.dir.path().display());
+        for round in 0..2 {
+            if round > 0 {
+                #[allow(clippy::disallowed_methods, reason = "a Drop cannot await")]
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = std::process::Command::new("tmux")
+                .env_remove("TMUX")
+                .arg("-S")
+                .arg(self.tmux_socket())
+                .arg("kill-server")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-f", &dir])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
