@@ -73,8 +73,10 @@ async fn no_or_wrong_token_is_401_everywhere_but_healthz_and_workspace_tokens_ar
         )
         .await;
     assert_eq!(s, 403, "a workspace token cannot drive its workspace");
-    // It may run commands in and copy files into itself, and nowhere else.
+    // It may run commands in and copy files into itself, and nowhere else; never attach
+    // (a tmux client could run commands outside the workspace's sandbox).
     for (method, path) in [
+        (Method::GET, format!("/v1/workspaces/{a}/attach")),
         (Method::POST, format!("/v1/workspaces/{b}/exec")),
         (Method::PUT, format!("/v1/workspaces/{b}/files?path=.")),
         (Method::POST, format!("/v1/workspaces/{a}/sessions")),

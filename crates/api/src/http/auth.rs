@@ -89,8 +89,8 @@ pub(crate) async fn authenticate(
 }
 
 /// A workspace token may read itself: `/v1/self`, GET on its own workspace's routes
-/// (by id or name), and run commands in and copy files into itself (`POST .../exec`,
-/// `PUT .../files`). Everything else needs the admin token.
+/// (by id or name) but `attach`, and run commands in and copy files into itself
+/// (`POST .../exec`, `PUT .../files`). Everything else needs the admin token.
 fn workspace_may(ws: &Workspace, method: &axum::http::Method, path: &str) -> bool {
     if path == "/v1/self" {
         return true;
@@ -102,8 +102,10 @@ fn workspace_may(ws: &Workspace, method: &axum::http::Method, path: &str) -> boo
     let target = parts.next().unwrap_or("");
     let sub: Vec<&str> = parts.collect();
     // Reads, and the two writes that reach no further than the workspace itself does:
-    // running a command beside it and copying files into it.
-    let allowed = *method == axum::http::Method::GET
+    // running a command beside it and copying files into it. Never attach: a tmux
+    // client takes commands (`prefix :`), and tmux runs them as the daemon's user,
+    // outside the workspace's sandbox.
+    let allowed = (*method == axum::http::Method::GET && sub != ["attach"])
         || (*method == axum::http::Method::POST && sub == ["exec"])
         || (*method == axum::http::Method::PUT && sub == ["files"]);
     if !allowed {
