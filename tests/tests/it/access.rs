@@ -490,6 +490,23 @@ async fn the_cli_exit_codes_tell_usage_not_found_refused_timeout_and_unreachable
         "unreachable: {}",
         text(&out.stderr)
     );
+    let out = Command::new(berth_bin())
+        .args([
+            "events",
+            "-f",
+            "--url",
+            "http://127.0.0.1:9",
+            "--token",
+            "x",
+        ])
+        .output()
+        .expect("berth");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "unreachable, following: {}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1285,24 +1285,12 @@ impl Client {
             }
         }
         let resp = self
-            .http
-            .get(format!("{}/v1/events?since={since}{filter}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the berth daemon at {}", self.base))?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let v: Value = resp.json().await.unwrap_or(Value::Null);
-            return Err(CallError {
-                code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-                message: v["error"]["message"]
-                    .as_str()
-                    .map_or_else(|| format!("HTTP {status}"), str::to_owned),
-                details: Value::Null,
-            }
-            .into());
-        }
+            .send_raw(
+                reqwest::Method::GET,
+                &format!("/v1/events?since={since}{filter}"),
+                None,
+            )
+            .await?;
         let mut stream = resp.bytes_stream();
         // Bytes until a whole line: a character split across chunks stays whole.
         let mut buf: Vec<u8> = Vec::new();
