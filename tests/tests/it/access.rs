@@ -2,95 +2,16 @@
 //! `ws attach` (in a real terminal: a tmux pane of the test's own server), on tmux and
 //! Docker workspaces, with the CLI's exit codes.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_tests::{Daemon, DockerCleanup, berth_bin, docker_test_image, read_when_written};
+use berth_tests::{
+    Daemon, DockerCleanup, Terminal, berth_bin, docker_test_image, read_when_written,
+};
 use serde_json::json;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// A test's own tmux server (a real terminal for `ws attach`), killed on drop.
-struct Terminal {
-    socket: std::path::PathBuf,
-}
-
-impl Terminal {
-    fn new(dir: &Path, command: &str) -> Self {
-        let socket = dir.join("outer.sock");
-        let ok = Command::new("tmux")
-            .env_remove("TMUX")
-            .arg("-S")
-            .arg(&socket)
-            .args([
-                "-f",
-                "/dev/null",
-                "new-session",
-                "-d",
-                "-x",
-                "120",
-                "-y",
-                "30",
-                command,
-            ])
-            .status()
-            .expect("tmux")
-            .success();
-        assert!(ok, "the outer terminal starts");
-        Self { socket }
-    }
-
-    /// A terminal running `berth ws attach <name>`, and the file its exit code goes to.
-    fn attached(d: &Daemon, name: &str) -> (Self, std::path::PathBuf) {
-        let done = d.data_dir().join(format!("attach-{name}.exit"));
-        let cmd = format!(
-            "env BERTH_DATA_DIR={} {} ws attach {name}; echo $? > {}; sleep 60",
-            d.data_dir().display(),
-            berth_bin().display(),
-            done.display()
-        );
-        (Self::new(d.data_dir(), &cmd), done)
-    }
-
-    fn tmux(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .env_remove("TMUX")
-            .arg("-S")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux");
-        text(&out.stdout)
-    }
-
-    fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-S", "-100"])
-    }
-
-    /// Waits until the screen shows `what` (at most 20 s).
-    async fn shows(&self, what: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = self.screen();
-            if screen.contains(what) {
-                return screen;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the terminal never showed {what:?}:\n{screen}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        let _ = self.tmux(&["kill-server"]);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,54 +4,21 @@
 use std::path::Path;
 use std::time::Duration;
 
-use berth_tests::{Daemon, berth_bin, read_when_written};
+use berth_tests::{Daemon, Terminal, berth_bin, read_when_written};
 
 /// Runs an attach line in a real terminal (a pane of the test's own tmux server),
 /// detaches with Ctrl-] once the workspace's terminal shows, and checks it exited 0.
 async fn attach_in_a_terminal(line: &str, path: &str, data: &Path) {
-    let socket = data.join("quickstart-term.sock");
     let done = data.join("quickstart-attach.exit");
-    let tmux = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .env_remove("TMUX")
-            .arg("-S")
-            .arg(&socket)
-            .args(args)
-            .output()
-            .expect("tmux")
-    };
     let script = format!(
         "export PATH='{path}' BERTH_DATA_DIR='{}'; {line}; echo $? > '{}'; sleep 60",
         data.display(),
         done.display()
     );
-    let started = tmux(&[
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-x",
-        "120",
-        "-y",
-        "30",
-        &script,
-    ]);
-    assert!(started.status.success(), "the terminal starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
-        if screen.contains("hello from demo") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{line}: never showed the workspace:\n{screen}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tmux(&["send-keys", "C-]"]);
+    let term = Terminal::new(data, &script);
+    term.shows("hello from demo").await;
+    term.tmux(&["send-keys", "C-]"]);
     let code = read_when_written(&done, Duration::from_secs(20)).await;
-    tmux(&["kill-server"]);
     assert_eq!(code.expect("the attach ended").trim(), "0", "{line}");
 }
 
