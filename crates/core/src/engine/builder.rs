@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ids::{EngineId, RuntimeKind};
-use crate::ports::{Clock, Fence, ProcessRuntime, Reporter, Store, SystemClock};
+use crate::ports::{
+    Clock, Fence, Ownership, OwnsAll, ProcessRuntime, Reporter, Store, SystemClock,
+};
 
 use super::gate::Gates;
 use super::recovery::RecoveryReport;
@@ -25,6 +27,7 @@ pub struct EngineBuilder {
     runtimes: Vec<Arc<dyn ProcessRuntime>>,
     config: EngineConfig,
     fence: Fence,
+    ownership: Option<Arc<dyn Ownership>>,
 }
 
 impl EngineBuilder {
@@ -71,6 +74,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Which workspaces this engine acts on by itself (default: all of them,
+    /// [`OwnsAll`]). Engines sharing a store pass their lease holdings.
+    #[must_use]
+    pub fn ownership(mut self, ownership: Arc<dyn Ownership>) -> Self {
+        self.ownership = Some(ownership);
+        self
+    }
+
     /// Opens the engine: loads (or creates) the engine id, starts the reporter, runs
     /// boot recovery, then starts the background reconciler and runtime watchers.
     ///
@@ -96,6 +107,7 @@ impl EngineBuilder {
             runtimes,
             config: self.config,
             fence: self.fence,
+            ownership: self.ownership.unwrap_or_else(|| Arc::new(OwnsAll)),
             gates: Gates::default(),
             tracker: TaskTracker::new(),
             stop_token: CancellationToken::new(),
@@ -125,6 +137,7 @@ pub(crate) struct Inner {
     pub(crate) runtimes: HashMap<RuntimeKind, Arc<dyn ProcessRuntime>>,
     pub(crate) config: EngineConfig,
     pub(crate) fence: Fence,
+    pub(crate) ownership: Arc<dyn Ownership>,
     pub(crate) gates: Gates,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when shutdown begins: waits and event streams end on it.

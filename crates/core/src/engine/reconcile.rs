@@ -147,6 +147,10 @@ impl Engine {
         ids.extend(by_id.keys().cloned());
         for id in ids {
             let resources = per_ws.remove(&id).unwrap_or_default();
+            if by_id.contains_key(&id) && !self.inner.ownership.owns(&id) {
+                // Another engine's workspace (a shared store): its owner reconciles it.
+                continue;
+            }
             match by_id.get(&id) {
                 Some(ws) => {
                     let before = epochs.get(&id).copied().unwrap_or(0);

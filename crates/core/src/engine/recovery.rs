@@ -85,7 +85,11 @@ impl Engine {
     /// reconcile pass.
     pub(crate) async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         let mut report = RecoveryReport::default();
+        let owned = |id: &crate::ids::WorkspaceId| self.inner.ownership.owns(id);
         for mut op in self.inner.store.unfinished_ops().await? {
+            if !owned(&op.workspace_id) {
+                continue;
+            }
             let e = OpError::new(
                 ErrorCode::Interrupted,
                 "the engine stopped while this op was pending; boot recovery finished the workspace",
@@ -100,7 +104,7 @@ impl Engine {
             .all_workspaces()
             .await?
             .into_iter()
-            .filter(|ws| ws.state.is_transitional())
+            .filter(|ws| ws.state.is_transitional() && owned(&ws.id))
             .collect();
         let mut finishing = futures_util::stream::iter(transitional)
             .map(|ws| async move {
@@ -124,6 +128,58 @@ impl Engine {
             report.reconcile = self.reconcile_once().await;
         }
         Ok(report)
+    }
+
+    /// Takes a workspace over from an engine that stopped owning it (another daemon of
+    /// a shared store died, or gave it up): forgets what this engine remembered of it,
+    /// marks the ops the previous owner left `interrupted`, and finishes a transitional
+    /// workspace as boot recovery does. Call after the store granted this engine the
+    /// workspace's lease; a workspace that no longer exists is a no-op.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn adopt(&self, id: &crate::ids::WorkspaceId) -> Result<(), EngineError> {
+        let gate = self.inner.gates.get(id);
+        let _exec = gate.exec.lock().await;
+        gate.update(|st| {
+            st.row = None;
+            st.gone = false;
+            st.no_sessions = false;
+        });
+        gate.bump();
+        for mut op in self.inner.store.list_ops(id, 64).await? {
+            if matches!(op.status, OpStatus::Queued | OpStatus::Running) {
+                let e = OpError::new(
+                    ErrorCode::Interrupted,
+                    "the daemon that ran this op stopped; the daemon that took the workspace over finished it",
+                );
+                self.end_op(&mut op, OpStatus::Interrupted, None, Some(e))
+                    .await;
+            }
+        }
+        let Some(ws) = self.current(&gate, id).await? else {
+            drop(_exec);
+            self.inner.gates.remove(id);
+            return Ok(());
+        };
+        if ws.state.is_transitional() {
+            self.finish_transitional(&gate, ws, Mode::Boot).await;
+        }
+        Ok(())
+    }
+
+    /// Forgets what this engine remembered of a workspace whose lease it lost: the next
+    /// read goes to the store. A write it still makes is refused by the store's fence.
+    pub fn forget(&self, id: &crate::ids::WorkspaceId) {
+        if let Some(gate) = self.inner.gates.existing(id) {
+            gate.update(|st| st.row = None);
+            gate.bump();
+        }
+    }
+
+    /// Whether this engine owns `id` (see [`crate::ports::Ownership`]).
+    pub fn owns(&self, id: &crate::ids::WorkspaceId) -> bool {
+        self.inner.ownership.owns(id)
     }
 
     /// Finishes a workspace left transitional with no op running. The caller holds the

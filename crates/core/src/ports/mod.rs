@@ -22,7 +22,9 @@ pub use runtime::{
     OwnedResource, ProcessRuntime, ProcessStatus, ResourceKind, ResourceRef, RuntimeError,
     SessionLaunch, SessionRef, SpecRefusal, WorkspaceRef, WorkspaceSockets,
 };
-pub use store::{Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery};
+pub use store::{
+    Commit, Fence, NewSession, Ownership, OwnsAll, Store, StoreError, WorkspacePage, WorkspaceQuery,
+};
 
 #[cfg(feature = "testkit")]
 pub use reporter::MockReporter;

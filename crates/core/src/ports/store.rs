@@ -75,6 +75,27 @@ pub struct Fence {
     pub epoch: u64,
 }
 
+/// Which workspaces an engine acts on by itself: boot recovery, reconcile passes, the
+/// orphan sweep and runtime watchers. An engine alone on its store owns every workspace
+/// ([`OwnsAll`], the default). Engines that share a store own the workspaces whose
+/// lease they hold; requests for the others are the embedding's to route (berth's
+/// daemon forwards them to the owner), and a write the engine makes anyway is refused
+/// by the store's fence.
+pub trait Ownership: Send + Sync + std::fmt::Debug {
+    /// Whether this engine owns `id` now.
+    fn owns(&self, id: &WorkspaceId) -> bool;
+}
+
+/// The single-writer [`Ownership`]: every workspace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnsAll;
+
+impl Ownership for OwnsAll {
+    fn owns(&self, _id: &WorkspaceId) -> bool {
+        true
+    }
+}
+
 /// One atomic write: a workspace row, its event, its token hash and op updates.
 #[derive(Debug, Clone)]
 pub struct Commit {
