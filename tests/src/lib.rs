@@ -143,6 +143,25 @@ impl Daemon {
         Ok((status.code(), began.elapsed()))
     }
 
+    /// Sends `signal` to the daemon (SIGSTOP freezes it, SIGCONT resumes it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), signal)?;
+        Ok(())
+    }
+
+    /// Kills the daemon with SIGKILL (no shutdown at all) and reaps it.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        child.start_kill()?;
+        child.wait().await?;
+        Ok(())
+    }
+
     /// Starts the daemon again on the same data directory (a new port) and waits
     /// until it is ready.
     pub async fn restart(&mut self) -> anyhow::Result<()> {

@@ -428,3 +428,67 @@ impl Ownership for PgStore {
         self.holds(id)
     }
 }
+
+impl PgStore {
+    /// Checks that every daemon of the fleet uses one admin token (requests are
+    /// forwarded with the caller's token, so the owner must accept it): stores the
+    /// token's SHA-256 `digest` (hex) on first use; returns whether this daemon's
+    /// digest is the fleet's.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn fleet_token(&self, digest: &str) -> Result<bool, StoreError> {
+        self.check_open()?;
+        let map = |e| self.map(e, "fleet token");
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('admin_token_sha256', $1) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(digest)
+        .execute(&self.pool)
+        .await
+        .map_err(map)?;
+        let stored: String =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'admin_token_sha256'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map)?;
+        Ok(stored == digest)
+    }
+
+    /// A listener woken by every event append of any daemon (`LISTEN`
+    /// [`crate::EVENTS_CHANNEL`]). A wake-up only: read the events from the table.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn event_wakes(&self) -> Result<EventWakes, StoreError> {
+        self.check_open()?;
+        let map = |e| self.map(e, "event listener");
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(map)?;
+        listener.listen(crate::EVENTS_CHANNEL).await.map_err(map)?;
+        Ok(EventWakes { listener })
+    }
+}
+
+/// Wake-ups for new events (see [`PgStore::event_wakes`]).
+#[derive(Debug)]
+pub struct EventWakes {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl EventWakes {
+    /// Waits for the next append. After a lost connection it reconnects and returns at
+    /// once (appends may have been missed: read the table).
+    ///
+    /// # Errors
+    /// The connection could not be re-established.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        match self.listener.try_recv().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Unavailable {
+                message: format!("event listener: {e}"),
+            }),
+        }
+    }
+}

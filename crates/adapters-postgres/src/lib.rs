@@ -37,7 +37,7 @@ use berth_core::state::State;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
 
-pub use cluster::{Lease, LeaseOwner, Member, MemberOptions};
+pub use cluster::{DaemonRow, EventWakes, Heartbeat, Lease, LeaseOwner, Member, MemberOptions};
 pub use schema::latest_version;
 
 /// The `LISTEN`/`NOTIFY` channel on which every event append is announced (payload:
@@ -1076,7 +1076,15 @@ impl Store for PgStore {
         .await
     }
 
+    /// Closes the store. A daemon that joined a fleet ends its lease time first: the
+    /// engine closes its store after its last write, so other daemons may take its
+    /// workspaces over at once instead of after the lease time.
     async fn close(&self) {
+        if self.member.get().is_some()
+            && let Err(e) = self.leave().await
+        {
+            tracing::warn!(error = %e, "could not hand this daemon's workspaces back; they move when its lease time ends");
+        }
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }

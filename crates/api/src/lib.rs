@@ -7,6 +7,8 @@
 //! - [`serve`] (feature `daemon`): the composition root. `berth serve` wires the SQLite
 //!   store, the tmux and Docker runtimes, the engine and the router; the only module
 //!   that names concrete adapters.
+//! - [`cluster`] (feature `daemon`): several daemons on one PostgreSQL store: routing
+//!   each workspace's requests to its owner, heartbeats, failover, fleet-wide events.
 //! - [`server`] (feature `daemon`): the HTTP server `serve` runs the router on, with a
 //!   connection limit and a header-read timeout.
 //! - [`sockets`] (feature `daemon`): each workspace's API socket, served by the router
@@ -17,6 +19,8 @@ pub mod http;
 
 #[cfg(feature = "daemon")]
 pub mod cli;
+#[cfg(feature = "daemon")]
+pub mod cluster;
 #[cfg(feature = "daemon")]
 pub mod serve;
 #[cfg(feature = "daemon")]

@@ -17,6 +17,7 @@ use berth_core::model::Sandbox;
 use berth_core::ports::{ProcessRuntime, Reporter, Store, SystemClock};
 use berth_core::reporter::{QueueReporter, ReportSink, TracingSink};
 use berth_docker::{DockerConfig, DockerRuntime};
+use berth_postgres::{MemberOptions, PgOptions, PgStore};
 use berth_sqlite::{SqliteOptions, SqliteStore};
 use berth_tmux::{TmuxConfig, TmuxRuntime};
 use serde::Deserialize;
@@ -105,6 +106,24 @@ pub struct ServeArgs {
     /// through DOCKER_HOST or its default socket). [default: none: the spec must name one]
     #[arg(long, env = "BERTH_DOCKER_IMAGE")]
     pub docker_image: Option<String>,
+    /// The store: `sqlite` (a file in the data directory) or a PostgreSQL URL
+    /// (`postgres://user:pass@host/db`, or `postgres:///db?host=/socket/dir`) shared by
+    /// several daemons (docs/scale-out.md). [default: sqlite]
+    #[arg(long, env = "BERTH_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// With a PostgreSQL store: this daemon's id in the fleet. [default: generated
+    /// once and kept in the data directory]
+    #[arg(long, env = "BERTH_DAEMON_ID")]
+    pub daemon_id: Option<String>,
+    /// With a PostgreSQL store: the URL other daemons forward requests to. [default:
+    /// the address it listens on]
+    #[arg(long, env = "BERTH_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// With a PostgreSQL store: how long this daemon's workspaces stay its own without
+    /// a heartbeat (renewed every third of it); another daemon takes them over after.
+    /// [default: 10s]
+    #[arg(long, env = "BERTH_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
 }
 
 /// The TOML file's shape.
@@ -135,6 +154,11 @@ struct FileConfig {
     #[serde(default, with = "opt_duration")]
     request_timeout: Option<Duration>,
     docker_image: Option<String>,
+    store: Option<String>,
+    daemon_id: Option<String>,
+    advertise_url: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    lease_ttl: Option<Duration>,
 }
 
 mod opt_duration {
@@ -176,6 +200,42 @@ pub struct Settings {
     pub docker_user: Option<String>,
     /// HTTPS: the certificate chain and the key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The store.
+    pub store: StoreChoice,
+    /// This daemon's id in a fleet (else generated and kept in the data directory).
+    pub daemon_id: Option<String>,
+    /// The URL other daemons forward to (else the listen URL).
+    pub advertise_url: Option<String>,
+    /// The lease time in a fleet.
+    pub lease_ttl: Duration,
+}
+
+/// Which store `berth serve` uses.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// `<data dir>/state/berth.db`.
+    Sqlite,
+    /// A PostgreSQL database shared by a fleet (the URL may hold a password).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Sqlite => f.write_str("Sqlite"),
+            StoreChoice::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
+fn parse_store(text: &str) -> anyhow::Result<StoreChoice> {
+    if text == "sqlite" {
+        Ok(StoreChoice::Sqlite)
+    } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(StoreChoice::Postgres(text.to_owned()))
+    } else {
+        bail!("store must be `sqlite` or a postgres:// URL")
+    }
 }
 
 fn parse_user(text: &str) -> Result<String, String> {
@@ -282,6 +342,16 @@ impl ServeArgs {
                 }
                 None => None,
             },
+            store: match self.store.clone().or(file.store) {
+                Some(text) => parse_store(&text)?,
+                None => StoreChoice::Sqlite,
+            },
+            daemon_id: self.daemon_id.clone().or(file.daemon_id),
+            advertise_url: self.advertise_url.clone().or(file.advertise_url),
+            lease_ttl: self
+                .lease_ttl
+                .or(file.lease_ttl)
+                .unwrap_or(Duration::from_secs(10)),
             server: {
                 let d = crate::server::ServerLimits::default();
                 crate::server::ServerLimits {
@@ -525,6 +595,9 @@ async fn reopen_sockets(engine: &Engine, sockets: &crate::sockets::Sockets) {
             }
         };
         for snapshot in &page.items {
+            if !engine.owns(&snapshot.workspace.id) {
+                continue;
+            }
             if let Err(e) = sockets.open(&snapshot.workspace.id) {
                 tracing::warn!(workspace = %snapshot.workspace.id, error = %e, "cannot reopen a workspace's API socket");
             }
@@ -592,13 +665,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let addr: SocketAddr = listener.local_addr()?;
     let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
 
-    // This daemon is the data directory's only writer (`daemon.lock`): the store's
-    // single-writer model, under which the engine serves rows it committed from memory.
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open_in(&state_dir(&settings.data_dir), SqliteOptions::default())
-            .await
-            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
-    );
+    let opened = open_store(&settings, &token, &url).await?;
+    let store = Arc::clone(&opened.store);
 
     // Registered before the URL is printed: a SIGTERM from then on is a clean shutdown.
     let mut signals = Signals::new()?;
@@ -687,7 +755,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         Arc::clone(&metrics) as Arc<dyn ReportSink>,
     ];
     let reporter: Arc<dyn Reporter> = Arc::new(QueueReporter::new(65_536, sinks));
-    let build = Engine::builder()
+    let mut build = Engine::builder();
+    if let Some(pg) = &opened.fleet {
+        // A shared store: this engine acts on the workspaces it holds, and every
+        // write it makes carries its epoch.
+        build = build
+            .fence(pg.fence())
+            .ownership(Arc::clone(pg) as Arc<dyn berth_core::ports::Ownership>);
+    }
+    let build = build
         .store(store)
         .runtime(tmux)
         .runtime(Arc::clone(&docker) as Arc<dyn ProcessRuntime>)
@@ -733,6 +809,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         closing.clone(),
     );
     state.request_timeout = settings.request_timeout;
+    // Cancelled when another process joined the fleet under this daemon's id.
+    let replaced = CancellationToken::new();
+    if let Some(pg) = &opened.fleet {
+        let cluster = Arc::new(crate::cluster::Cluster::new(
+            Arc::clone(pg),
+            engine.clone(),
+        )?);
+        cluster.spawn_loops(
+            Arc::clone(&hub),
+            &tracker,
+            closing.clone(),
+            replaced.clone(),
+        );
+        state.placement = Some(cluster as Arc<dyn crate::http::placement::Placement>);
+    }
     reopen_sockets(&engine, &sockets).await;
     state.set_ready(true);
     if live.set(router(state.clone())).is_err() {
@@ -767,7 +858,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
     }
 
-    signals.next().await;
+    tokio::select! {
+        () = signals.next() => {}
+        () = replaced.cancelled() => {}
+    }
     tracing::info!("shutting down");
     let deadline = tokio::time::Instant::now()
         + settings.engine.drain_deadline
@@ -785,6 +879,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         std::process::exit(130);
     });
     let report = tokio::time::timeout_at(deadline, engine.shutdown()).await;
+
     server_stop.cancel();
     tracker.close();
     let _ = tokio::time::timeout_at(deadline, async {
@@ -805,6 +900,118 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if report.is_ok() { 0 } else { 1 })
+}
+
+/// The store `serve` opened: SQLite, or a PostgreSQL store this daemon joined.
+struct OpenedStore {
+    store: Arc<dyn Store>,
+    fleet: Option<Arc<PgStore>>,
+}
+
+/// Opens the configured store. A PostgreSQL store is joined as this daemon (its id
+/// from the data directory, its URL, its host), after checking that the fleet shares
+/// this daemon's admin token.
+async fn open_store(settings: &Settings, token: &str, url: &str) -> anyhow::Result<OpenedStore> {
+    match &settings.store {
+        // This daemon is the data directory's only writer (`daemon.lock`): the store's
+        // single-writer model, under which the engine serves rows it committed from
+        // memory.
+        StoreChoice::Sqlite => Ok(OpenedStore {
+            store: Arc::new(
+                SqliteStore::open_in(&state_dir(&settings.data_dir), SqliteOptions::default())
+                    .await
+                    .with_context(|| {
+                        format!("opening the store in {}", settings.data_dir.display())
+                    })?,
+            ),
+            fleet: None,
+        }),
+        StoreChoice::Postgres(pg_url) => {
+            let pg = Arc::new(
+                PgStore::connect(pg_url, PgOptions::default())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening the PostgreSQL store: {e}"))?,
+            );
+            let digest = sha256_hex(token);
+            if !pg
+                .fleet_token(&digest)
+                .await
+                .map_err(|e| anyhow::anyhow!("PostgreSQL store: {e}"))?
+            {
+                bail!(
+                    "this daemon's admin token is not the one the other daemons of this database use; start every daemon of a fleet with the same --token (BERTH_TOKEN)"
+                );
+            }
+            let daemon_id = match &settings.daemon_id {
+                Some(id) => id.clone(),
+                None => load_or_create_daemon_id(&settings.data_dir)?,
+            };
+            let host = format!(
+                "{}:{}",
+                hostname(),
+                settings
+                    .data_dir
+                    .canonicalize()
+                    .unwrap_or_else(|_| settings.data_dir.clone())
+                    .display()
+            );
+            let member = pg
+                .join(MemberOptions {
+                    daemon_id,
+                    url: settings
+                        .advertise_url
+                        .clone()
+                        .unwrap_or_else(|| url.to_owned()),
+                    host,
+                    lease_ttl: settings.lease_ttl,
+                    // A tmux workspace lives in this data directory's tmux server.
+                    pinned_runtimes: std::collections::HashSet::from(["tmux".to_owned()]),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("joining the fleet: {e}"))?;
+            tracing::info!(daemon = %member.daemon_id, epoch = member.epoch, store = %pg.url(), "joined the fleet");
+            Ok(OpenedStore {
+                store: Arc::clone(&pg) as Arc<dyn Store>,
+                fleet: Some(pg),
+            })
+        }
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// This daemon's id in a fleet: `state/daemon-id`, generated once.
+fn load_or_create_daemon_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir(data_dir).join("daemon-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let id = format!(
+        "{}-{}",
+        hostname(),
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    write_private(&path, &id)?;
+    Ok(id)
 }
 
 /// A router that serves `booting` until `live` holds the full router.

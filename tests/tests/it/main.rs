@@ -5,6 +5,7 @@ mod access;
 mod api;
 mod docker;
 mod faults;
+mod fleet;
 mod lifecycle;
 mod quickstart;
 mod security;

@@ -46,6 +46,12 @@ impl EventHub {
         }
     }
 
+    /// Wakes the pump: new events may be in the store (another daemon of a shared
+    /// store appended them).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// A receiver of every event in `seq` order (after it subscribed).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.live.subscribe()

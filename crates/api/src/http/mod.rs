@@ -17,6 +17,7 @@ pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
+pub mod placement;
 pub mod sessions;
 pub mod state;
 pub mod workspaces;
@@ -89,6 +90,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/workspaces/{id}/files",
             get(access::files_out).put(access::files_in),
         )
+        // Inner to authentication: a request is authenticated here before it is
+        // served or forwarded to the workspace's owner (which authenticates it again).
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            placement::route_to_owner,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

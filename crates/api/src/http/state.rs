@@ -29,6 +29,9 @@ pub struct AppState {
     pub closing: CancellationToken,
     /// Longest a request may take (waits are capped below it).
     pub request_timeout: Duration,
+    /// Routes workspace requests to their owner when daemons share a store (`None`:
+    /// this daemon serves every workspace).
+    pub placement: Option<Arc<dyn super::placement::Placement>>,
 }
 
 impl AppState {
@@ -48,6 +51,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             closing,
             request_timeout: Duration::from_secs(300),
+            placement: None,
         }
     }
 

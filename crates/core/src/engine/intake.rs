@@ -132,47 +132,76 @@ impl Engine {
         let stripe = Sha256::digest(key.key.as_bytes())[0] as usize % self.inner.idempotency.len();
         let _one_at_a_time = self.inner.idempotency[stripe].lock().await;
         if let Some((hash, result)) = self.inner.store.idempotency_key(&key.key).await? {
-            if hash != key.request_hash {
-                return Err(EngineError::IdempotencyConflict { key: key.key });
-            }
-            let stored: StoredCreate = serde_json::from_str(&result).map_err(|e| {
-                EngineError::Internal(format!("idempotency record of {:?}: {e}", key.key))
-            })?;
-            // The workspace as it is now; once deleted, the first answer as recorded
-            // (the same ids; a read of it then says `not_found`).
-            let workspace = match self.read_snapshot(&stored.workspace_id).await? {
-                Some(now) => now,
-                None => match stored.created {
-                    Some(created) => Snapshot {
-                        workspace: created,
-                        pending: Default::default(),
-                    },
-                    None => {
-                        return Err(EngineError::NotFound {
-                            what: format!(
-                                "workspace {} (created with this key, since deleted)",
-                                stored.workspace_id
-                            ),
-                        });
+            return self.replay(&key, &hash, &result).await;
+        }
+        match self.create_and_start(request, start, Some(&key)).await {
+            // Another engine of a shared store is creating with this key (the same
+            // name): its record appears right after its create; answer from it.
+            Err(taken) if taken.code() == ErrorCode::NameTaken => {
+                let deadline = Instant::now() + std::time::Duration::from_secs(5);
+                loop {
+                    if let Some((hash, result)) = self.inner.store.idempotency_key(&key.key).await?
+                    {
+                        return self.replay(&key, &hash, &result).await;
                     }
-                },
-            };
-            let operation = match &stored.op_id {
-                Some(id) => match self.op_record(id).await {
-                    Ok(op) => Some(op),
-                    // Deleted with its workspace.
-                    Err(EngineError::NotFound { .. }) => None,
-                    Err(e) => return Err(e),
-                },
-                None => None,
-            };
-            return Ok(Created {
-                workspace,
-                operation,
-                replayed: true,
+                    if Instant::now() >= deadline {
+                        return Err(taken);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The first answer of a create made with `key`, whose record is `(hash, result)`.
+    async fn replay(
+        &self,
+        key: &IdempotencyKey,
+        hash: &str,
+        result: &str,
+    ) -> Result<Created, EngineError> {
+        if hash != key.request_hash {
+            return Err(EngineError::IdempotencyConflict {
+                key: key.key.clone(),
             });
         }
-        self.create_and_start(request, start, Some(&key)).await
+        let stored: StoredCreate = serde_json::from_str(result).map_err(|e| {
+            EngineError::Internal(format!("idempotency record of {:?}: {e}", key.key))
+        })?;
+        // The workspace as it is now; once deleted, the first answer as recorded
+        // (the same ids; a read of it then says `not_found`).
+        let workspace = match self.read_snapshot(&stored.workspace_id).await? {
+            Some(now) => now,
+            None => match stored.created {
+                Some(created) => Snapshot {
+                    workspace: created,
+                    pending: Default::default(),
+                },
+                None => {
+                    return Err(EngineError::NotFound {
+                        what: format!(
+                            "workspace {} (created with this key, since deleted)",
+                            stored.workspace_id
+                        ),
+                    });
+                }
+            },
+        };
+        let operation = match &stored.op_id {
+            Some(id) => match self.op_record(id).await {
+                Ok(op) => Some(op),
+                // Deleted with its workspace.
+                Err(EngineError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        Ok(Created {
+            workspace,
+            operation,
+            replayed: true,
+        })
     }
 
     /// Creates, requests the start, and claims the key right after (with the start op's
