@@ -26,7 +26,7 @@ use berth_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
 /// State changes (events) in one create→start→stop→delete cycle.
-const TRANSITIONS_PER_CYCLE: u32 = 7;
+pub(crate) const TRANSITIONS_PER_CYCLE: u32 = 7;
 
 /// One line of BENCHMARKS.md.
 pub(crate) struct Row {
@@ -95,6 +95,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             if wanted("P8") {
                 rows.push(crate::bench_api::p8(root, &bin, quick).await);
             }
+            if wanted("P9") {
+                rows.push(crate::bench_pg::p9(root, quick).await);
+            }
+            if wanted("P10") {
+                rows.push(crate::bench_pg::p10(root, &bin, quick).await);
+            }
             rows
         })
         .into_iter()
@@ -150,7 +156,7 @@ async fn full_cycle(
     Ok(())
 }
 
-async fn cycles(engine: &Engine, worker: usize, n: usize) -> Result<()> {
+pub(crate) async fn cycles(engine: &Engine, worker: usize, n: usize) -> Result<()> {
     for i in 0..n {
         full_cycle(
             engine,
@@ -220,6 +226,11 @@ async fn time_raw_commits(dir: &Path, n: u32) -> Result<f64> {
     let secs = started.elapsed().as_secs_f64();
     pool.close().await;
     Ok(secs)
+}
+
+/// A number no other call of this process returned (fresh names).
+pub(crate) fn fresh_id() -> String {
+    format!("{}_{}", std::process::id(), fresh())
 }
 
 fn fresh() -> u64 {
@@ -597,11 +608,37 @@ fn owned(w: &WorkspaceId, i: berth_core::ids::Incarnation) -> OwnedResource {
 }
 
 async fn engine_with(store: Arc<dyn Store>, runtime: Arc<MemoryRuntime>) -> Result<Engine> {
+    engine_built(store, runtime, None).await
+}
+
+/// The no-op engine of P1 on `store`, with a fleet member's fence and ownership.
+pub(crate) async fn engine_on(
+    store: Arc<dyn Store>,
+    fleet: Option<(
+        berth_core::ports::Fence,
+        Arc<dyn berth_core::ports::Ownership>,
+    )>,
+) -> Result<Engine> {
+    engine_built(store, Arc::new(MemoryRuntime::new(Duration::ZERO)), fleet).await
+}
+
+async fn engine_built(
+    store: Arc<dyn Store>,
+    runtime: Arc<MemoryRuntime>,
+    fleet: Option<(
+        berth_core::ports::Fence,
+        Arc<dyn berth_core::ports::Ownership>,
+    )>,
+) -> Result<Engine> {
     let config = EngineConfig {
         reconcile_period: None,
         ..EngineConfig::default()
     };
-    Ok(Engine::builder()
+    let mut builder = Engine::builder();
+    if let Some((fence, ownership)) = fleet {
+        builder = builder.fence(fence).ownership(ownership);
+    }
+    Ok(builder
         .store(store)
         .runtime(runtime)
         .reporter(Arc::new(QueueReporter::new(1 << 16, vec![])))

@@ -31,17 +31,17 @@ use crate::bench::{Row, median};
 
 /// A `berth serve` child on a free port in its own data directory; killed (with its
 /// tmux server) on drop.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     lines: Option<tokio::io::Lines<BufReader<tokio::process::ChildStdout>>>,
     dir: PathBuf,
-    url: String,
+    pub(crate) url: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Server {
-    async fn start(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
+    pub(crate) async fn start(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut child = Command::new(bin)
             .arg("serve")
@@ -62,9 +62,16 @@ impl Server {
             .await
             .context("berth serve printed nothing in 30 s")??
             .context("berth serve exited before printing its URL")?;
-        let token = std::fs::read_to_string(dir.join("state/admin.token"))?
-            .trim()
-            .to_owned();
+        let given = extra
+            .iter()
+            .position(|a| *a == "--token")
+            .and_then(|i| extra.get(i + 1));
+        let token = match given {
+            Some(t) => (*t).to_owned(),
+            None => std::fs::read_to_string(dir.join("state/admin.token"))?
+                .trim()
+                .to_owned(),
+        };
         let server = Self {
             child: Some(child),
             lines: Some(lines),
@@ -96,7 +103,7 @@ impl Server {
         Ok(server)
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -114,6 +121,14 @@ impl Server {
         let value: Value = resp.json().await.unwrap_or(Value::Null);
         ensure!(status.is_success(), "{path}: {status} {value}");
         Ok(value)
+    }
+
+    /// SIGKILL, reaped: the daemon ends with no shutdown at all.
+    pub(crate) async fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        child.start_kill()?;
+        child.wait().await?;
+        Ok(())
     }
 
     /// SIGTERM; waits for the exit and returns (seconds to exit, exit code, the last

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_pg;
 mod chaos;
 mod fuzz;
 mod tidy;

@@ -32,7 +32,8 @@ impl DockerRuntime {
     async fn running_container(&self, resource: &ResourceRef) -> Result<String, RuntimeError> {
         let name = self.name(&resource.engine_id, &resource.workspace_id);
         match self.fenced(resource).await {
-            Ok(Some(c)) if is_running(&c) => Ok(name),
+            // By id: a newer incarnation may reuse the name, never the id.
+            Ok(Some(c)) if is_running(&c) => Ok(c.id.unwrap_or(name)),
             Ok(_) | Err(RuntimeError::Conflict { .. }) => Err(RuntimeError::NotFound {
                 resource: format!("container {name} (incarnation {})", resource.incarnation),
             }),
@@ -347,7 +348,7 @@ impl DockerRuntime {
     async fn existing_container(&self, resource: &ResourceRef) -> Result<String, RuntimeError> {
         let name = self.name(&resource.engine_id, &resource.workspace_id);
         match self.fenced(resource).await {
-            Ok(Some(_)) => Ok(name),
+            Ok(Some(c)) => Ok(c.id.unwrap_or(name)),
             Ok(None) | Err(RuntimeError::Conflict { .. }) => Err(RuntimeError::Unsupported {
                 message: format!(
                     "workspace {} has no container now (start it first): files are copied through its container",

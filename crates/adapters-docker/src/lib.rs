@@ -403,7 +403,13 @@ impl DockerRuntime {
             .ours(&resource.engine_id, &resource.workspace_id)
             .await?
         {
-            Some((c, o)) if o.incarnation == resource.incarnation.0 && is_running(&c) => Ok(name),
+            // By id, never by name: a name outlives its container (a newer incarnation
+            // reuses it), an id does not.
+            Some((c, o)) if o.incarnation == resource.incarnation.0 && is_running(&c) => {
+                c.id.ok_or_else(|| RuntimeError::NotFound {
+                    resource: format!("the id of container {name}"),
+                })
+            }
             _ => Err(RuntimeError::NotFound {
                 resource: format!(
                     "running container {name} (incarnation {})",
@@ -893,7 +899,10 @@ impl DockerRuntime {
     ) -> Result<String, RuntimeError> {
         let name = self.name(&resource.engine_id, &resource.workspace_id);
         match self.fenced(resource).await {
-            Ok(Some(_)) => Ok(name),
+            // By id: see `running_incarnation`.
+            Ok(Some(c)) => c.id.ok_or_else(|| RuntimeError::NotFound {
+                resource: format!("the id of container {name}"),
+            }),
             Ok(None) | Err(RuntimeError::Conflict { .. }) => Err(RuntimeError::NotFound {
                 resource: format!("container {name} (incarnation {})", resource.incarnation),
             }),
@@ -1145,7 +1154,12 @@ impl ProcessRuntime for DockerRuntime {
         if !is_running(&c) {
             return Ok(());
         }
-        let name = self.name(&resource.engine_id, &resource.workspace_id);
+        // The container checked above, by id: between the check and the call a newer
+        // incarnation's container may take the name (another daemon took the
+        // workspace over while this one was frozen); it never has this id.
+        let Some(name) = c.id else {
+            return Ok(());
+        };
         let docker = self.docker().await?;
         let secs = i64::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
             .unwrap_or(i64::MAX);
@@ -1164,10 +1178,10 @@ impl ProcessRuntime for DockerRuntime {
     }
 
     async fn remove(&self, resource: &ResourceRef) -> Result<(), RuntimeError> {
-        if self.fenced(resource).await?.is_none() {
+        // By id, as `stop`: never a newer incarnation's container under the same name.
+        let Some(name) = self.fenced(resource).await?.and_then(|c| c.id) else {
             return Ok(());
-        }
-        let name = self.name(&resource.engine_id, &resource.workspace_id);
+        };
         let docker = self.docker().await?;
         let deadline = tokio::time::Instant::now() + self.config.start_deadline;
         loop {

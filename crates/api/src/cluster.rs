@@ -219,6 +219,15 @@ impl Cluster {
     }
 }
 
+/// A forwarded request past its deadline (see [`FORWARD_DEADLINE`]).
+fn forwarded_late(req: &Request) -> bool {
+    req.headers()
+        .get(FORWARD_DEADLINE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|deadline| unix_ms() > deadline)
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -272,14 +281,13 @@ impl Placement for Cluster {
             Ok(None) => return Ok(req),
             Err(e) => return Err(e.into_response()),
         };
+        // Held by this daemon as of its last heartbeat: served here, no lookup. (Had
+        // it lost the lease while frozen, its writes are refused by the fence.)
+        if self.store.holds(&id) && !forwarded_late(&req) {
+            return Ok(req);
+        }
         let hops = req.headers().get_all(FORWARDED_BY).iter().count();
-        let late = req
-            .headers()
-            .get(FORWARD_DEADLINE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|deadline| unix_ms() > deadline);
-        if late {
+        if forwarded_late(&req) {
             // The forwarding daemon gave up on this request long ago (this daemon was
             // frozen or cut off): it was, or will be, served elsewhere.
             return Err(unavailable(
