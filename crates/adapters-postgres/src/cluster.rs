@@ -301,9 +301,10 @@ impl PgStore {
         }))
     }
 
-    /// Takes `id`'s lease if it is free, expired, already this daemon's, or held by
-    /// an earlier incarnation of it, and if this host may hold it. Returns whether this
-    /// daemon holds it now.
+    /// Takes `id`'s lease if it is free, expired, or held by an earlier incarnation of
+    /// this daemon, and if this host may hold it. Returns whether this call took it
+    /// (`false` when another daemon holds it live, or this one already did: exactly
+    /// one caller adopts a workspace it took).
     ///
     /// # Errors
     /// A store error.
@@ -312,23 +313,28 @@ impl PgStore {
         let map = |e| self.map(e, "lease acquire");
         let pinned: Vec<String> = member.pinned_runtimes.iter().cloned().collect();
         // A workspace without a lease row (created before this database had a fleet).
-        sqlx::query(
+        let inserted: Option<String> = sqlx::query_scalar(
             "INSERT INTO leases (workspace_id, owner, epoch, host, movable, acquired_at) \
              SELECT id, $2, $3, $4, NOT (runtime = ANY($5)), clock_timestamp() FROM workspaces WHERE id = $1 \
-             ON CONFLICT (workspace_id) DO NOTHING",
+             ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id",
         )
         .bind(id.as_str())
         .bind(&member.daemon_id)
         .bind(i64_of(member.epoch))
         .bind(&member.host)
         .bind(&pinned)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(map)?;
+        if inserted.is_some() {
+            self.held.write().insert(id.clone());
+            return Ok(true);
+        }
         let taken: Option<String> = sqlx::query_scalar(
             "UPDATE leases l SET owner = $2, epoch = $3, host = CASE WHEN l.movable THEN $4 ELSE l.host END, \
              acquired_at = clock_timestamp() \
-             WHERE l.workspace_id = $1 AND (l.movable OR l.host = $4) AND (l.owner = $2 OR NOT EXISTS ( \
+             WHERE l.workspace_id = $1 AND (l.movable OR l.host = $4) AND NOT (l.owner = $2 AND l.epoch = $3) \
+             AND (l.owner = $2 OR NOT EXISTS ( \
                SELECT 1 FROM daemons d WHERE d.id = l.owner AND d.epoch = l.epoch AND d.expires_at > clock_timestamp())) \
              RETURNING l.workspace_id",
         )

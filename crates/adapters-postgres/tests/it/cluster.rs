@@ -50,6 +50,10 @@ async fn a_lease_moves_only_when_its_owner_expired_and_fences_the_old_owner() {
     assert_eq!(b.unowned(10).await.unwrap(), vec![ws.id.clone()]);
     assert!(b.acquire(&ws.id).await.unwrap());
     assert!(b.holds(&ws.id));
+    assert!(
+        !b.acquire(&ws.id).await.unwrap(),
+        "a lease is taken once: exactly one caller adopts"
+    );
     // A resumes: its write under the old epoch is refused and writes nothing.
     match a.commit(&moved(&ws, State::Starting, a.fence())).await {
         Err(StoreError::Fenced { epoch, .. }) => assert_eq!(epoch, ma.epoch),

@@ -140,15 +140,26 @@ impl Engine {
     /// A store error.
     pub async fn adopt(&self, id: &crate::ids::WorkspaceId) -> Result<(), EngineError> {
         let gate = self.inner.gates.get(id);
+        // The driver's order: exec, then intake. Under intake no request adds an op;
+        // one that came in before is in the gate's slot and is this engine's own.
         let _exec = gate.exec.lock().await;
+        let intake = gate.intake.lock().await;
         gate.update(|st| {
             st.row = None;
             st.gone = false;
             st.no_sessions = false;
         });
         gate.bump();
+        let ours: Vec<crate::ids::OpId> = {
+            let pending = gate.read().slot.pending();
+            [pending.in_flight, pending.queued]
+                .into_iter()
+                .flatten()
+                .map(|op| op.id)
+                .collect()
+        };
         for mut op in self.inner.store.list_ops(id, 64).await? {
-            if matches!(op.status, OpStatus::Queued | OpStatus::Running) {
+            if matches!(op.status, OpStatus::Queued | OpStatus::Running) && !ours.contains(&op.id) {
                 let e = OpError::new(
                     ErrorCode::Interrupted,
                     "the daemon that ran this op stopped; the daemon that took the workspace over finished it",
@@ -157,6 +168,7 @@ impl Engine {
                     .await;
             }
         }
+        drop(intake);
         let Some(ws) = self.current(&gate, id).await? else {
             drop(_exec);
             self.inner.gates.remove(id);

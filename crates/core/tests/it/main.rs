@@ -13,6 +13,7 @@ mod interpreter;
 mod lifecycle;
 mod mocks;
 mod model;
+mod ownership;
 mod reads;
 mod reconcile;
 mod sessions;
