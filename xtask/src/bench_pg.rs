@@ -29,6 +29,14 @@ pub(crate) struct Postgres {
     started: Option<(PathBuf, PathBuf)>,
 }
 
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("started", &self.started)
+            .finish()
+    }
+}
+
 impl Postgres {
     pub(crate) fn up(root: &Path) -> Result<Self> {
         if let Ok(url) = std::env::var(testing::URL_VAR)
@@ -36,7 +44,8 @@ impl Postgres {
         {
             return Ok(Self { url, started: None });
         }
-        let dir = root.join("target/bench/pg");
+        // A Unix socket path must stay short (107 bytes): a temp dir, not the tree.
+        let dir = std::env::temp_dir().join(format!("berth-pg-{}", std::process::id()));
         let script = root.join(".ci/postgres");
         let _ = std::process::Command::new(&script)
             .arg("stop")
@@ -56,6 +65,11 @@ impl Postgres {
             url: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
             started: Some((script, dir)),
         })
+    }
+
+    /// The server's URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     async fn database(&self) -> Result<String> {

@@ -45,9 +45,15 @@ fn project_root() -> PathBuf {
 
 /// Runs a command in the project root, failing with its name when it fails.
 pub fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
+    run_env(root, program, args, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_env(root: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     eprintln!("$ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .with_context(|| format!("could not run {program}"))?;
@@ -207,7 +213,21 @@ fn ci(root: &Path) -> Result<()> {
     } else {
         "default"
     };
-    run(
+    // The PostgreSQL tests: the server of BERTH_TEST_POSTGRES_URL, else a throwaway
+    // cluster from Debian's server when it is installed (stopped when this ends);
+    // without either they say SKIPPED (and fail where BERTH_REQUIRE_POSTGRES=1).
+    let pg = match bench_pg::Postgres::up(root) {
+        Ok(pg) => Some(pg),
+        Err(e) => {
+            eprintln!("note: no PostgreSQL for the store tests: {e:#}");
+            None
+        }
+    };
+    let pg_env: Vec<(&str, &str)> = pg
+        .as_ref()
+        .map(|pg| vec![(berth_postgres::testing::URL_VAR, pg.url())])
+        .unwrap_or_default();
+    run_env(
         root,
         "cargo",
         &[
@@ -218,6 +238,7 @@ fn ci(root: &Path) -> Result<()> {
             "--profile",
             profile,
         ],
+        &pg_env,
     )?;
     Ok(())
 }

@@ -274,6 +274,17 @@ fn unavailable(message: String) -> Response {
 )]
 #[async_trait]
 impl Placement for Cluster {
+    async fn route_op(&self, op: &str, req: Request) -> Result<Request, Response> {
+        match self.workspace_of_op(op).await {
+            // The op's workspace is gone, or the op is unknown: served here (its
+            // stored record, or a 404).
+            Some(ws) if self.store.workspace(&ws).await.ok().flatten().is_some() => {
+                self.route(ws.as_str(), req).await
+            }
+            _ => Ok(req),
+        }
+    }
+
     async fn route(&self, workspace: &str, req: Request) -> Result<Request, Response> {
         let id = match self.resolve(workspace).await {
             Ok(Some(id)) => id,
@@ -404,6 +415,16 @@ impl Placement for Cluster {
 }
 
 impl Cluster {
+    async fn workspace_of_op(&self, op: &str) -> Option<WorkspaceId> {
+        let id = berth_core::ids::OpId::parse(op).ok()?;
+        self.store
+            .op(&id)
+            .await
+            .ok()
+            .flatten()
+            .map(|o| o.workspace_id)
+    }
+
     /// Starts the heartbeat/failover loop and the event listener on `tracker`, until
     /// `stop`. `fenced` is cancelled if another process joined under this daemon's id
     /// (this one must then shut down).

@@ -411,3 +411,42 @@ async fn one_idempotency_key_through_two_daemons_gives_one_workspace() {
     let (_, list) = d[0].get("/v1/workspaces?limit=100").await;
     assert_eq!(list["items"].as_array().expect("items").len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workspace_token_verifies_on_every_daemon() {
+    let test = "a_workspace_token_verifies_on_every_daemon";
+    let Some((_url, d)) = fleet(test, 2).await else {
+        return;
+    };
+    let id = running(
+        &d[0],
+        "tokened",
+        "echo \"token=$BERTH_WORKSPACE_TOKEN\"; exec sleep 600",
+    )
+    .await;
+    let _cleanup = DockerCleanup(id.clone());
+    // Its output read through the other daemon (forwarded to the owner).
+    let mut token = None;
+    for _ in 0..100 {
+        let (_, v) = d[1]
+            .get(&format!("/v1/workspaces/{id}/output?lines=20"))
+            .await;
+        token = v.to_string().split("token=").nth(1).map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect::<String>()
+        });
+        if token.as_ref().is_some_and(|t| !t.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = token.expect("the workspace printed its token");
+    for daemon in &d {
+        let (s, me) = daemon
+            .call_as(Some(&token), reqwest::Method::GET, "/v1/self", None)
+            .await;
+        assert_eq!(s, 200, "{me}");
+        assert_eq!(me["id"], id.as_str(), "{me}");
+    }
+}

@@ -19,6 +19,18 @@ pub trait Placement: Send + Sync + std::fmt::Debug {
     /// Returns `req` when this daemon serves it, or the answer another daemon gave.
     /// `workspace` is the path's `{id}` (an id or a name).
     async fn route(&self, workspace: &str, req: Request) -> Result<Request, Response>;
+
+    /// As [`Placement::route`], for `/v1/operations/{op}`: the op's workspace's owner
+    /// holds its live record (joins, the queued op). Default: served here.
+    async fn route_op(&self, _op: &str, req: Request) -> Result<Request, Response> {
+        Ok(req)
+    }
+}
+
+/// The `{op}` of a `/v1/operations/{op}` path.
+fn op_segment(path: &str) -> Option<&str> {
+    let seg = path.strip_prefix("/v1/operations/")?;
+    (!seg.is_empty() && !seg.contains('/')).then_some(seg)
 }
 
 /// The `{id}` of a `/v1/workspaces/{id}[/…]` path.
@@ -36,6 +48,12 @@ pub(crate) async fn route_to_owner(
     let Some(placement) = state.placement.clone() else {
         return next.run(req).await;
     };
+    if let Some(op) = op_segment(req.uri().path()).map(str::to_owned) {
+        return match placement.route_op(&op, req).await {
+            Ok(req) => next.run(req).await,
+            Err(answer) => answer,
+        };
+    }
     let Some(workspace) = workspace_segment(req.uri().path()).map(str::to_owned) else {
         return next.run(req).await;
     };
@@ -47,7 +65,7 @@ pub(crate) async fn route_to_owner(
 
 #[cfg(test)]
 mod tests {
-    use super::workspace_segment;
+    use super::{op_segment, workspace_segment};
 
     #[test]
     fn only_paths_under_one_workspace_are_placed() {
@@ -57,5 +75,7 @@ mod tests {
         assert_eq!(workspace_segment("/v1/workspaces/"), None);
         assert_eq!(workspace_segment("/v1/events"), None);
         assert_eq!(workspace_segment("/v1/self"), None);
+        assert_eq!(op_segment("/v1/operations/op-1"), Some("op-1"));
+        assert_eq!(op_segment("/v1/operations/"), None);
     }
 }
