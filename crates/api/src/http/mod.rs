@@ -94,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         // served or forwarded to the workspace's owner (which authenticates it again).
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            placement::route_to_owner,
+            route_to_owner,
         ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -128,6 +128,26 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Routes a workspace's (or an op's) request through the installed [`placement::Placement`].
+async fn route_to_owner(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(placement) = state.placement.clone() else {
+        return next.run(req).await;
+    };
+    if let Some(op) = placement::op_segment(req.uri().path()).map(str::to_owned) {
+        return match placement.route_op(&op, req).await {
+            Ok(req) => next.run(req).await,
+            Err(answer) => answer,
+        };
+    }
+    let Some(workspace) = placement::workspace_segment(req.uri().path()).map(str::to_owned) else {
+        return next.run(req).await;
+    };
+    match placement.route(&workspace, req).await {
+        Ok(req) => next.run(req).await,
+        Err(answer) => answer,
+    }
 }
 
 async fn method_not_allowed() -> ApiError {

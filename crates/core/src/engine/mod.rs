@@ -2,7 +2,8 @@
 //!
 //! [`Engine`] is a thin facade; the work is split by concern:
 //!
-//! - `intake`: creating workspaces and meeting op requests with the gate ([`crate::merge`]).
+//! - `create`: creating workspaces, idempotency keys.
+//! - `intake`: meeting op requests with the gate ([`crate::merge`]).
 //! - `driver`: runs the op in flight, then the queued one, until the gate is idle.
 //! - `ops/`: `start`, `stop`, `restart`, `delete` as sequences of lifecycle events.
 //! - `commit`: the one commit path (every transition, every row write).
@@ -18,6 +19,7 @@
 mod builder;
 mod commit;
 mod config;
+mod create;
 mod driver;
 mod effects;
 mod error;
@@ -45,10 +47,10 @@ use tokio_util::sync::CancellationToken;
 pub use builder::EngineBuilder;
 pub(crate) use builder::Inner;
 pub use config::EngineConfig;
+pub use create::{Created, IdempotencyKey};
 pub use error::{EngineError, runtime_code};
 pub use gate::PendingView;
 pub use health::{RuntimeHealth, RuntimeState};
-pub use intake::{Created, IdempotencyKey};
 pub use queries::{ListQuery, Page, Snapshot};
 pub use reconcile::ReconcileReport;
 pub use recovery::RecoveryReport;
