@@ -13,10 +13,12 @@
 //! - A state change, its event, its token hash and its op rows commit in one
 //!   transaction. Every query binds its values: nothing is concatenated into SQL.
 
+mod batch;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -115,11 +117,34 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
-    writer: SqlitePool,
+    writer: Writer,
     reader: SqlitePool,
     options: SqliteOptions,
-    closed: AtomicBool,
+    closed: Arc<AtomicBool>,
     appended: AtomicU64,
+    /// The group committer's queue (`None` once closed).
+    committer: parking_lot::Mutex<Option<tokio::sync::mpsc::Sender<batch::Job>>>,
+    counters: Arc<batch::Counters>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+/// What the group committer did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions (batches) it committed.
+    pub batches: u64,
+    /// Writes those batches held.
+    pub writes: u64,
+    /// Writes handed to it and not answered yet.
+    pub pending: u64,
+}
+
+/// The writer connection and what writing needs; shared with the group committer.
+#[derive(Debug, Clone)]
+pub(crate) struct Writer {
+    pub(crate) pool: SqlitePool,
+    pub(crate) options: SqliteOptions,
+    closed: Arc<AtomicBool>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -220,13 +245,27 @@ impl SqliteStore {
             .connect_with(connect.read_only(true))
             .await
             .map_err(db)?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            pool: writer,
+            options: options.clone(),
+            closed: Arc::clone(&closed),
+        };
+        let (jobs, queue) = tokio::sync::mpsc::channel(4 * batch::MAX_BATCH);
+        let tasks = tokio_util::task::TaskTracker::new();
+        let counters = Arc::new(batch::Counters::default());
+        tasks.spawn(batch::run(writer.clone(), queue, Arc::clone(&counters)));
+        tasks.close();
         Ok(Self {
             path,
             writer,
             reader,
             options,
-            closed: AtomicBool::new(false),
+            closed,
             appended: AtomicU64::new(0),
+            committer: parking_lot::Mutex::new(Some(jobs)),
+            counters,
+            tasks,
         })
     }
 
@@ -262,6 +301,52 @@ impl SqliteStore {
     }
 
     fn map(&self, e: sqlx::Error, what: &str) -> StoreError {
+        self.writer.map(e, what)
+    }
+
+    async fn write(&self, what: &str, write: Write<'_>) -> Result<Written, StoreError> {
+        self.writer.write(what, write).await
+    }
+
+    /// Hands a write to the group committer and waits until its batch committed.
+    async fn submit(&self, what: &'static str, write: batch::Owned) -> Result<Written, StoreError> {
+        self.check_open()?;
+        let Some(jobs) = self.committer.lock().clone() else {
+            return Err(StoreError::Closed);
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.counters.pending.fetch_add(1, Ordering::Relaxed);
+        let sent = jobs.send(batch::Job { what, write, reply }).await;
+        let answered = match sent {
+            Ok(()) => answer.await.map_err(|_| StoreError::Closed),
+            Err(_) => Err(StoreError::Closed),
+        };
+        self.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        answered?
+    }
+
+    /// What the group committer did so far: how many writes it committed in how many
+    /// transactions, and how many wait for it now.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+            pending: self.counters.pending.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn read<T>(
+        &self,
+        what: &str,
+        q: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        self.check_open()?;
+        q.await.map_err(|e| self.map(e, what))
+    }
+}
+
+impl Writer {
+    pub(crate) fn map(&self, e: sqlx::Error, what: &str) -> StoreError {
         match e {
             sqlx::Error::PoolClosed => StoreError::Closed,
             sqlx::Error::PoolTimedOut => StoreError::Unavailable {
@@ -292,8 +377,10 @@ impl SqliteStore {
     /// back, and a connection whose state is in doubt (any error but "busy", or a write
     /// abandoned half-way by a timeout) is closed instead of going back to the pool: the
     /// next write opens a fresh one, so the store heals as soon as the fault is gone.
-    async fn write(&self, what: &str, write: Write<'_>) -> Result<Written, StoreError> {
-        self.check_open()?;
+    pub(crate) async fn write(&self, what: &str, write: Write<'_>) -> Result<Written, StoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -317,7 +404,7 @@ impl SqliteStore {
 
     /// One attempt of a write on the writer connection.
     async fn write_once(&self, write: &Write<'_>) -> Result<Written, WriteError> {
-        let mut conn = InDoubt::arm(self.writer.acquire().await?);
+        let mut conn = InDoubt::arm(self.pool.acquire().await?);
         if write.is_single_statement() {
             // One statement is its own transaction: no BEGIN/COMMIT round trips.
             let result = apply(conn.get(), write).await;
@@ -354,21 +441,12 @@ impl SqliteStore {
         conn.settle(&result);
         result
     }
-
-    async fn read<T>(
-        &self,
-        what: &str,
-        q: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-    ) -> Result<T, StoreError> {
-        self.check_open()?;
-        q.await.map_err(|e| self.map(e, what))
-    }
 }
 
 /// An error inside a write transaction: a store verdict (rolls back, returned as is) or
 /// an SQL error (mapped; retried when busy).
 #[derive(Debug)]
-enum WriteError {
+pub(crate) enum WriteError {
     Store(StoreError),
     Sql(sqlx::Error),
 }
@@ -382,17 +460,17 @@ impl From<sqlx::Error> for WriteError {
 /// The writer connection during a write. Dropped before [`InDoubt::settle`] (a write
 /// abandoned half-way: a timeout or a cancelled caller), or after an error that may
 /// have left it in an unknown state, it is closed instead of returned to the pool.
-struct InDoubt {
+pub(crate) struct InDoubt {
     conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
     armed: bool,
 }
 
 impl InDoubt {
-    fn arm(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Self {
+    pub(crate) fn arm(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Self {
         Self { conn, armed: true }
     }
 
-    fn get(&mut self) -> &mut sqlx::pool::PoolConnection<sqlx::Sqlite> {
+    pub(crate) fn get(&mut self) -> &mut sqlx::pool::PoolConnection<sqlx::Sqlite> {
         &mut self.conn
     }
 
@@ -404,6 +482,11 @@ impl InDoubt {
             Err(WriteError::Sql(e)) if is_busy(e) => self.armed = false,
             Err(WriteError::Sql(_)) => self.discard(),
         }
+    }
+
+    /// Keeps the connection (the transaction was committed or rolled back).
+    pub(crate) fn keep(&mut self) {
+        self.armed = false;
     }
 
     fn discard(&mut self) {
@@ -420,11 +503,11 @@ impl Drop for InDoubt {
 }
 
 /// "cannot rollback - no transaction is active": SQLite rolled back by itself.
-fn no_transaction(e: &sqlx::Error) -> bool {
+pub(crate) fn no_transaction(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.message().contains("no transaction is active"))
 }
 
-fn is_busy(e: &sqlx::Error) -> bool {
+pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
@@ -434,7 +517,7 @@ fn is_busy(e: &sqlx::Error) -> bool {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, WriteError> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, WriteError> {
     serde_json::to_string(value).map_err(|e| {
         WriteError::Store(StoreError::Unavailable {
             message: format!("cannot encode a record: {e}"),
@@ -448,7 +531,7 @@ fn from_json<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, StoreError
     })
 }
 
-fn status_name(status: OpStatus) -> &'static str {
+pub(crate) fn status_name(status: OpStatus) -> &'static str {
     match status {
         OpStatus::Queued => "queued",
         OpStatus::Running => "running",
@@ -460,7 +543,7 @@ fn status_name(status: OpStatus) -> &'static str {
     }
 }
 
-fn i64_of(v: u64) -> i64 {
+pub(crate) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -484,7 +567,7 @@ impl SqliteStore {
 
 /// One write transaction's work.
 #[derive(Debug)]
-enum Write<'a> {
+pub(crate) enum Write<'a> {
     EngineId(&'a str),
     CreateWorkspace(&'a Workspace, &'a NewEvent),
     Commit(&'a Commit),
@@ -510,7 +593,7 @@ enum Write<'a> {
 
 /// What a write returned.
 #[derive(Debug)]
-enum Written {
+pub(crate) enum Written {
     Nothing,
     Text(String),
     Event(Option<Event>),
@@ -523,10 +606,10 @@ enum Written {
 // across the statements in order): each round trip to sqlx's SQLite worker thread
 // costs tens of microseconds, more than the statements themselves. The SQL text is
 // built only from the fixed fragments below, never from values.
-const UPSERT_OP: &str = "INSERT INTO ops (id, workspace_id, status, body) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status, body = excluded.body;";
-const APPEND_EVENT: &str =
+pub(crate) const UPSERT_OP: &str = "INSERT INTO ops (id, workspace_id, status, body) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status, body = excluded.body;";
+pub(crate) const APPEND_EVENT: &str =
     "INSERT INTO events (workspace_id, body) VALUES (?, ?) RETURNING seq AS appended_seq;";
-const UPSERT_TOKEN: &str = "INSERT INTO tokens (hash, workspace_id, incarnation) VALUES (?, ?, ?) ON CONFLICT (hash) DO UPDATE SET workspace_id = excluded.workspace_id, incarnation = excluded.incarnation;";
+pub(crate) const UPSERT_TOKEN: &str = "INSERT INTO tokens (hash, workspace_id, incarnation) VALUES (?, ?, ?) ON CONFLICT (hash) DO UPDATE SET workspace_id = excluded.workspace_id, incarnation = excluded.incarnation;";
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
@@ -873,7 +956,10 @@ impl Store for SqliteStore {
         event: &NewEvent,
     ) -> Result<Event, StoreError> {
         match self
-            .write("workspace create", Write::CreateWorkspace(workspace, event))
+            .submit(
+                "workspace create",
+                batch::Owned::Create(workspace.clone(), event.clone()),
+            )
             .await?
         {
             Written::Event(Some(stored)) => {
@@ -982,7 +1068,7 @@ impl Store for SqliteStore {
 
     async fn commit(&self, commit: &Commit) -> Result<Option<Event>, StoreError> {
         match self
-            .write("workspace commit", Write::Commit(commit))
+            .submit("workspace commit", batch::Owned::Commit(commit.clone()))
             .await?
         {
             Written::Event(stored) => {
@@ -1005,13 +1091,13 @@ impl Store for SqliteStore {
     ) -> Result<Event, StoreError> {
         // One writer per data directory (`daemon.lock`): every fence is accepted.
         match self
-            .write(
+            .submit(
                 "workspace delete",
-                Write::DeleteWorkspace {
-                    id,
+                batch::Owned::Delete {
+                    id: id.clone(),
                     expected_version,
-                    ops,
-                    event,
+                    ops: ops.to_vec(),
+                    event: event.clone(),
                 },
             )
             .await?
@@ -1025,13 +1111,13 @@ impl Store for SqliteStore {
     }
 
     async fn insert_op(&self, op: &Operation) -> Result<(), StoreError> {
-        self.write("operation insert", Write::InsertOp(op))
+        self.submit("operation insert", batch::Owned::InsertOp(op.clone()))
             .await
             .map(|_| ())
     }
 
     async fn update_op(&self, op: &Operation) -> Result<(), StoreError> {
-        self.write("operation update", Write::UpdateOp(op))
+        self.submit("operation update", batch::Owned::UpdateOp(op.clone()))
             .await
             .map(|_| ())
     }
@@ -1125,9 +1211,12 @@ impl Store for SqliteStore {
     }
 
     async fn update_session(&self, session: &Session) -> Result<(), StoreError> {
-        self.write("session update", Write::UpdateSession(session))
-            .await
-            .map(|_| ())
+        self.submit(
+            "session update",
+            batch::Owned::UpdateSession(session.clone()),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn delete_session(
@@ -1226,7 +1315,10 @@ impl Store for SqliteStore {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        // The committer answers what it was given, then ends with its queue.
+        drop(self.committer.lock().take());
+        self.tasks.wait().await;
         self.reader.close().await;
-        self.writer.close().await;
+        self.writer.pool.close().await;
     }
 }

@@ -18,7 +18,7 @@ use berth_core::ports::{ProcessRuntime, Reporter, Store, SystemClock};
 use berth_core::reporter::{QueueReporter, ReportSink, TracingSink};
 use berth_docker::{DockerConfig, DockerRuntime};
 use berth_postgres::{MemberOptions, PgOptions, PgStore};
-use berth_sqlite::{SqliteOptions, SqliteStore};
+use berth_sqlite::{Durability, SqliteOptions, SqliteStore};
 use berth_tmux::{TmuxConfig, TmuxRuntime};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -124,6 +124,19 @@ pub struct ServeArgs {
     /// [default: 10s]
     #[arg(long, env = "BERTH_LEASE_TTL", value_parser = humantime::parse_duration)]
     pub lease_ttl: Option<Duration>,
+    /// SQLite store: `normal` (a commit survives a crash of berth; the last commits may
+    /// be lost in a power failure) or `full` (every acknowledged write is on disk:
+    /// one fsync per group of concurrent writes). [default: normal]
+    #[arg(long, env = "BERTH_DURABILITY", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
+}
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "normal" => Ok(Durability::Normal),
+        "full" => Ok(Durability::Full),
+        _ => Err(format!("{text:?} is not normal or full")),
+    }
 }
 
 /// The TOML file's shape.
@@ -159,6 +172,7 @@ struct FileConfig {
     advertise_url: Option<String>,
     #[serde(default, with = "opt_duration")]
     lease_ttl: Option<Duration>,
+    durability: Option<String>,
 }
 
 mod opt_duration {
@@ -208,6 +222,8 @@ pub struct Settings {
     pub advertise_url: Option<String>,
     /// The lease time in a fleet.
     pub lease_ttl: Duration,
+    /// How hard the SQLite store makes a commit durable.
+    pub durability: Durability,
 }
 
 /// Which store `berth serve` uses.
@@ -352,6 +368,13 @@ impl ServeArgs {
                 .lease_ttl
                 .or(file.lease_ttl)
                 .unwrap_or(Duration::from_secs(10)),
+            durability: match (self.durability, &file.durability) {
+                (Some(d), _) => d,
+                (None, Some(text)) => {
+                    parse_durability(text).map_err(|e| anyhow::anyhow!("durability: {e}"))?
+                }
+                (None, None) => Durability::Normal,
+            },
             server: {
                 let d = crate::server::ServerLimits::default();
                 crate::server::ServerLimits {
@@ -918,11 +941,15 @@ async fn open_store(settings: &Settings, token: &str, url: &str) -> anyhow::Resu
         // memory.
         StoreChoice::Sqlite => Ok(OpenedStore {
             store: Arc::new(
-                SqliteStore::open_in(&state_dir(&settings.data_dir), SqliteOptions::default())
-                    .await
-                    .with_context(|| {
-                        format!("opening the store in {}", settings.data_dir.display())
-                    })?,
+                SqliteStore::open_in(
+                    &state_dir(&settings.data_dir),
+                    SqliteOptions {
+                        durability: settings.durability,
+                        ..SqliteOptions::default()
+                    },
+                )
+                .await
+                .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
             ),
             fleet: None,
         }),
@@ -1054,7 +1081,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(
             dir.path().join("berth.toml"),
-            "runtime_call_timeout = \"3s\"\nstop_grace = \"4s\"\n",
+            "runtime_call_timeout = \"3s\"\nstop_grace = \"4s\"\ndurability = \"full\"\n",
         )
         .expect("config file");
         let args = ServeArgs {
@@ -1064,6 +1091,7 @@ mod tests {
         };
         let settings = args.settings().expect("settings");
         assert_eq!(settings.engine.runtime_call_timeout, Duration::from_secs(7));
+        assert_eq!(settings.durability, Durability::Full, "from the file");
         assert_eq!(settings.engine.stop_grace, Duration::from_secs(4));
         let from_file = ServeArgs {
             data_dir: Some(dir.path().to_owned()),
@@ -1084,6 +1112,19 @@ mod tests {
         assert_eq!(
             defaults.engine.runtime_call_timeout,
             EngineConfig::default().runtime_call_timeout
+        );
+        assert_eq!(defaults.durability, Durability::Normal);
+        let flag = ServeArgs {
+            data_dir: Some(dir.path().to_owned()),
+            durability: Some(Durability::Normal),
+            ..ServeArgs::default()
+        }
+        .settings()
+        .expect("settings");
+        assert_eq!(
+            flag.durability,
+            Durability::Normal,
+            "the flag beats the file"
         );
     }
 }

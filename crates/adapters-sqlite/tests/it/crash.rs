@@ -1,4 +1,5 @@
-//! Crash durability: a child process runs a random engine workload against the store,
+//! Crash durability: a child process runs a random engine workload (four concurrent
+//! workers, so writes share group-committed transactions) against the store,
 //! printing each op it saw acknowledged; the parent SIGKILLs it at a random moment,
 //! 50 rounds on the same file. After each: integrity check, every acknowledged op
 //! present with its final status, every history whole (no half-written transition).
@@ -16,6 +17,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const CHILD_DB: &str = "BERTH_CRASH_CHILD_DB";
 const CHILD_SEED: &str = "BERTH_CRASH_CHILD_SEED";
+
+/// One line on stdout, flushed before the caller goes on.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill_at_random_moments() {
@@ -129,12 +138,9 @@ fn child_process_for_crash_durability() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        use std::io::Write;
         let store = crate::open(&db).await;
         let engine = crate::engine(store.clone()).await;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut out = std::io::stdout().lock();
-        let mut ids: Vec<WorkspaceId> = store
+        let ids: Vec<WorkspaceId> = store
             .list_workspaces(&berth_core::ports::WorkspaceQuery {
                 limit: 1000,
                 ..Default::default()
@@ -145,49 +151,59 @@ fn child_process_for_crash_durability() {
             .into_iter()
             .map(|w| w.id)
             .collect();
-        for i in 0..10_000u32 {
-            if ids.len() < 4 || rng.random_range(0..10) == 0 {
-                let name = WorkspaceName::parse(
-                    &format!("c{seed:x}-{i}")
-                        .chars()
-                        .take(60)
-                        .collect::<String>(),
-                )
-                .unwrap();
-                let ws = engine
-                    .create(CreateWorkspace {
-                        name,
-                        runtime: RuntimeKind::parse("fake").unwrap(),
-                        spec: Default::default(),
-                        actor: Actor::Api,
-                    })
-                    .await
-                    .unwrap();
-                writeln!(out, "CREATED {}", ws.id).unwrap();
-                out.flush().unwrap();
-                ids.push(ws.id);
-                continue;
-            }
-            let ws = ids[rng.random_range(0..ids.len())].clone();
-            let kind = [OpKind::Start, OpKind::Stop, OpKind::Restart, OpKind::Delete]
-                [rng.random_range(0..4)];
-            let Ok(ticket) = engine.request(&ws, kind, Actor::Api, true).await else {
-                ids.retain(|w| w != &ws);
-                continue;
-            };
-            let op = ticket.wait().await.unwrap();
-            // Printed before the call returns to the workload: acknowledged.
-            writeln!(
-                out,
-                "ACK {} {}",
-                op.id,
-                serde_json::to_string(&op.status).unwrap()
-            )
-            .unwrap();
-            out.flush().unwrap();
-            if kind == OpKind::Delete {
-                ids.retain(|w| w != &ws);
-            }
+        // Four concurrent workers, each on its own workspaces: the store's group
+        // committer puts their writes in shared transactions.
+        const WORKERS: usize = 4;
+        let tasks = tokio_util::task::TaskTracker::new();
+        for worker in 0..WORKERS {
+            let engine = engine.clone();
+            let mut ids: Vec<WorkspaceId> =
+                ids.iter().skip(worker).step_by(WORKERS).cloned().collect();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (worker as u64 + 1) << 32);
+            tasks.spawn(async move {
+                for i in 0..10_000u32 {
+                    if ids.len() < 2 || rng.random_range(0..10) == 0 {
+                        let name = WorkspaceName::parse(
+                            &format!("c{seed:x}-{worker}-{i}")
+                                .chars()
+                                .take(60)
+                                .collect::<String>(),
+                        )
+                        .unwrap();
+                        let ws = engine
+                            .create(CreateWorkspace {
+                                name,
+                                runtime: RuntimeKind::parse("fake").unwrap(),
+                                spec: Default::default(),
+                                actor: Actor::Api,
+                            })
+                            .await
+                            .unwrap();
+                        say(&format!("CREATED {}", ws.id));
+                        ids.push(ws.id);
+                        continue;
+                    }
+                    let ws = ids[rng.random_range(0..ids.len())].clone();
+                    let kind = [OpKind::Start, OpKind::Stop, OpKind::Restart, OpKind::Delete]
+                        [rng.random_range(0..4)];
+                    let Ok(ticket) = engine.request(&ws, kind, Actor::Api, true).await else {
+                        ids.retain(|w| w != &ws);
+                        continue;
+                    };
+                    let op = ticket.wait().await.unwrap();
+                    // Printed (one line, flushed) before the workload goes on: acknowledged.
+                    say(&format!(
+                        "ACK {} {}",
+                        op.id,
+                        serde_json::to_string(&op.status).unwrap()
+                    ));
+                    if kind == OpKind::Delete {
+                        ids.retain(|w| w != &ws);
+                    }
+                }
+            });
         }
+        tasks.close();
+        tasks.wait().await;
     });
 }

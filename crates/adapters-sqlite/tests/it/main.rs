@@ -8,6 +8,7 @@ mod concurrency;
 mod contract;
 mod crash;
 mod faults;
+mod group;
 mod schema;
 
 use std::path::Path;
