@@ -2,9 +2,12 @@
 //! measured in the same run, medians of several runs. Writes `BENCHMARKS.md` and
 //! `target/bench/results.json`.
 //!
-//! P1 (engine overhead): create→start→stop→delete cycles through the engine with a
-//! no-op runtime and the real SQLite store, against raw single-row SQLite commits with
-//! the same pragmas. Each run uses fresh files under `target/bench/tmp`.
+//! P1 / P1-full (engine cycles): create→start→stop→delete cycles through the engine
+//! with a no-op runtime and the real SQLite store (`synchronous=NORMAL`, then `FULL`),
+//! 8 concurrent and sequential, against (a) one single-row transaction per transition
+//! and (b) the same rows in transactions of 8, each transaction one query (as directly
+//! as sqlx allows), with the same pragmas. Each run uses fresh files under
+//! `target/bench/tmp`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
