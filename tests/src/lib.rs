@@ -409,6 +409,20 @@ pub fn docker_test_image(what: &str) -> Option<String> {
     None
 }
 
+/// How many containers (running or not) carry workspace `ws`'s label.
+pub fn containers_of(ws: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=dev.berth.workspace={ws}"),
+        ])
+        .output()
+        .expect("docker");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// Removes the containers and volumes of one workspace when dropped (even on failure).
 #[derive(Debug)]
 pub struct DockerCleanup(pub String);

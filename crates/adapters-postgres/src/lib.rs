@@ -29,7 +29,7 @@ use berth_core::ids::{
     EngineId, Generation, Incarnation, OpId, RuntimeKind, SessionName, TokenHash, WorkspaceId,
     WorkspaceName,
 };
-use berth_core::model::{Event, NewEvent, OpStatus, Operation, Session, SessionState, Workspace};
+use berth_core::model::{Event, NewEvent, Operation, Session, SessionState, Workspace};
 use berth_core::ports::{
     Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery,
 };
@@ -319,18 +319,6 @@ fn from_json<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, StoreError
     })
 }
 
-fn status_name(status: OpStatus) -> &'static str {
-    match status {
-        OpStatus::Queued => "queued",
-        OpStatus::Running => "running",
-        OpStatus::Succeeded => "succeeded",
-        OpStatus::Failed => "failed",
-        OpStatus::Cancelled => "cancelled",
-        OpStatus::Superseded => "superseded",
-        OpStatus::Interrupted => "interrupted",
-    }
-}
-
 pub(crate) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -366,7 +354,7 @@ async fn upsert_ops(tx: &mut PgConnection, ops: &[Operation]) -> Result<(), Writ
         )
         .bind(op.id.as_str())
         .bind(op.workspace_id.as_str())
-        .bind(status_name(op.status))
+        .bind(op.status.as_str())
         .bind(to_json(op)?)
         .execute(&mut *tx)
         .await?;
@@ -838,7 +826,7 @@ impl Store for PgStore {
                 )
                 .bind(op.id.as_str())
                 .bind(op.workspace_id.as_str())
-                .bind(status_name(op.status))
+                .bind(op.status.as_str())
                 .bind(body)
                 .execute(&self.pool),
             )
@@ -857,7 +845,7 @@ impl Store for PgStore {
             .read(
                 "operation update",
                 sqlx::query("UPDATE ops SET status = $1, body = $2 WHERE id = $3")
-                    .bind(status_name(op.status))
+                    .bind(op.status.as_str())
                     .bind(body)
                     .bind(op.id.as_str())
                     .execute(&self.pool),

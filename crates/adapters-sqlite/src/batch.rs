@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     APPEND_EVENT, InDoubt, UPSERT_OP, UPSERT_TOKEN, Write, WriteError, Writer, Written, i64_of,
-    is_busy, no_transaction, status_name, to_json,
+    is_busy, no_transaction, to_json,
 };
 
 /// At most this many writes commit together.
@@ -102,7 +102,7 @@ fn script(write: &Owned) -> Result<Script, WriteError> {
             s.binds.extend([
                 Text(op.id.to_string()),
                 Text(op.workspace_id.to_string()),
-                Text(status_name(op.status).to_owned()),
+                Text(op.status.as_str().to_owned()),
                 Text(to_json(op)?),
             ]);
         }
@@ -179,7 +179,7 @@ fn script(write: &Owned) -> Result<Script, WriteError> {
             s.binds.extend([
                 Text(op.id.to_string()),
                 Text(op.workspace_id.to_string()),
-                Text(status_name(op.status).to_owned()),
+                Text(op.status.as_str().to_owned()),
                 Text(to_json(op)?),
             ]);
             s.returns.push("inserted_op");
@@ -189,7 +189,7 @@ fn script(write: &Owned) -> Result<Script, WriteError> {
                 "UPDATE ops SET status = ?, body = ? WHERE id = ? RETURNING id AS updated_op;",
             );
             s.binds.extend([
-                Text(status_name(op.status).to_owned()),
+                Text(op.status.as_str().to_owned()),
                 Text(to_json(op)?),
                 Text(op.id.to_string()),
             ]);

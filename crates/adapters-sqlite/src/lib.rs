@@ -27,7 +27,7 @@ use berth_core::ids::{
     EngineId, Generation, Incarnation, OpId, RuntimeKind, SessionName, TokenHash, WorkspaceId,
     WorkspaceName,
 };
-use berth_core::model::{Event, NewEvent, OpStatus, Operation, Session, SessionState, Workspace};
+use berth_core::model::{Event, NewEvent, Operation, Session, SessionState, Workspace};
 use berth_core::ports::{
     Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery,
 };
@@ -531,18 +531,6 @@ fn from_json<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, StoreError
     })
 }
 
-pub(crate) fn status_name(status: OpStatus) -> &'static str {
-    match status {
-        OpStatus::Queued => "queued",
-        OpStatus::Running => "running",
-        OpStatus::Succeeded => "succeeded",
-        OpStatus::Failed => "failed",
-        OpStatus::Cancelled => "cancelled",
-        OpStatus::Superseded => "superseded",
-        OpStatus::Interrupted => "interrupted",
-    }
-}
-
 pub(crate) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -622,7 +610,7 @@ fn bind_ops<'q>(
         q = q
             .bind(op.id.as_str())
             .bind(op.workspace_id.as_str())
-            .bind(status_name(op.status))
+            .bind(op.status.as_str())
             .bind(to_json(op)?);
     }
     Ok(q)
@@ -801,7 +789,7 @@ async fn apply(tx: &mut SqliteConnection, write: &Write<'_>) -> Result<Written, 
             let inserted = sqlx::query("INSERT INTO ops (id, workspace_id, status, body) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
                 .bind(op.id.as_str())
                 .bind(op.workspace_id.as_str())
-                .bind(status_name(op.status))
+                .bind(op.status.as_str())
                 .bind(to_json(op)?)
                 .execute(&mut *tx)
                 .await?;
@@ -814,7 +802,7 @@ async fn apply(tx: &mut SqliteConnection, write: &Write<'_>) -> Result<Written, 
         }
         Write::UpdateOp(op) => {
             let updated = sqlx::query("UPDATE ops SET status = ?, body = ? WHERE id = ?")
-                .bind(status_name(op.status))
+                .bind(op.status.as_str())
                 .bind(to_json(op)?)
                 .bind(op.id.as_str())
                 .execute(&mut *tx)

@@ -1,22 +1,7 @@
 //! A Docker workspace through `berth serve`: create, output, restart, delete.
 
-use std::process::Command;
-
-use berth_tests::{Daemon, DockerCleanup, docker_test_image};
+use berth_tests::{Daemon, DockerCleanup, containers_of, docker_test_image};
 use serde_json::json;
-
-fn containers_of(ws: &str) -> usize {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=dev.berth.workspace={ws}"),
-        ])
-        .output()
-        .expect("docker");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_docker_workspace_runs_restarts_and_is_deleted_through_the_api() {

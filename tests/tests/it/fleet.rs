@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_postgres::testing;
-use berth_tests::{Daemon, DockerCleanup, docker_test_image};
+use berth_tests::{Daemon, DockerCleanup, containers_of, docker_test_image};
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
@@ -44,19 +44,6 @@ async fn fleet(test: &str, n: usize) -> Option<(String, Vec<Daemon>)> {
         );
     }
     Some((url, daemons))
-}
-
-fn containers_of(ws: &str) -> usize {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=dev.berth.workspace={ws}"),
-        ])
-        .output()
-        .expect("docker");
-    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// Creates and starts a Docker workspace through `d`; returns its id.
