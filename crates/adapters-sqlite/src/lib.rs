@@ -137,6 +137,8 @@ pub struct CommitStats {
     pub writes: u64,
     /// Writes handed to it and not answered yet.
     pub pending: u64,
+    /// Batches it rolled back to run each write alone (a write's check failed).
+    pub separated: u64,
 }
 
 /// The writer connection and what writing needs; shared with the group committer.
@@ -332,6 +334,7 @@ impl SqliteStore {
             batches: self.counters.batches.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
             pending: self.counters.pending.load(Ordering::Relaxed),
+            separated: self.counters.separated.load(Ordering::Relaxed),
         }
     }
 

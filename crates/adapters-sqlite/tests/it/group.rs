@@ -146,6 +146,34 @@ async fn writes_that_wait_together_commit_in_one_transaction_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_writes_without_contention_all_commit_in_batches_never_alone() {
+    let (_dir, store, all) = fixture(32).await;
+    let before = store.commit_stats();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let handles: Vec<_> = all
+        .iter()
+        .map(|w| {
+            let (store, c) = (Arc::clone(&store), starting(w, 1, "go"));
+            tasks.spawn(async move { store.commit(&c).await })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    let after = store.commit_stats();
+    assert_eq!(
+        after.writes - before.writes,
+        32,
+        "every write through a batch"
+    );
+    assert_eq!(
+        after.separated, before.separated,
+        "no valid write ran alone"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_write_in_a_batch_gets_its_own_verdict_and_the_others_commit() {
     let (_dir, store, all) = fixture(8).await;
     let commits = all
