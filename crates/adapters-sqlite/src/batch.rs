@@ -1,11 +1,11 @@
 //! Group commit: the writes of the engine's hot path (a workspace's commit, create and
 //! delete, op rows, session updates) go to one committer task, which takes every write
-//! waiting (at most [`MAX_BATCH`]) and commits them in **one** transaction:
-//! `BEGIN IMMEDIATE` with every write's statements as one multi-statement query, then
-//! `COMMIT`. Two round trips to SQLite's worker thread and one WAL commit (one fsync with
-//! `synchronous=FULL`) for the whole batch, instead of three round trips and one commit
-//! per write. While another process holds the write lock, the committer does not wait
-//! inside SQLite: it retries, and what arrives meanwhile joins once the lock is taken.
+//! waiting once it holds the write lock (at most [`MAX_BATCH`]) and commits them in
+//! **one** transaction: `BEGIN IMMEDIATE`, every write's statements as one
+//! multi-statement query, `COMMIT`. Three round trips to SQLite's worker thread and one
+//! WAL commit (one fsync with `synchronous=FULL`) for the whole batch, instead of three
+//! round trips and one commit per write. (Sending `BEGIN` with the statements saves a
+//! round trip but halves the batches under load: measured, 914 against 1,491 cycles/s.)
 //!
 //! - Each caller is answered only after `COMMIT` returned: its rows are as durable as
 //!   the database's synchronous mode makes them.
@@ -301,9 +301,8 @@ async fn commit(
     }
     let started = tokio::time::Instant::now();
     let mut backoff = std::time::Duration::from_millis(5);
-    let mut first = true;
     let outcome = loop {
-        match once(writer, &mut batch, jobs, std::mem::take(&mut first)).await {
+        match once(writer, &mut batch, jobs).await {
             Outcome::Failed(e)
                 if is_busy(&e) && started.elapsed() < writer.options.lock_deadline =>
             {
@@ -341,38 +340,27 @@ async fn commit(
     }
 }
 
-/// One attempt. The first: `BEGIN IMMEDIATE` and every script as one query, then
-/// `COMMIT` (two round trips); the connection does not wait inside SQLite for a lock
-/// (`busy_timeout = 0`: a busy database returns at once and this loop retries). After a
-/// busy database (another process held the lock): `BEGIN IMMEDIATE` alone, then every
-/// write waiting by now joins, then the scripts, then `COMMIT`.
-async fn once(
-    writer: &Writer,
-    batch: &mut Batch,
-    jobs: &mut mpsc::Receiver<Job>,
-    first: bool,
-) -> Outcome {
+/// One attempt: `BEGIN IMMEDIATE`; then every write waiting by now joins (the round
+/// trip that takes the lock is also the window in which the next writes arrive), and
+/// their statements run as one query; then `COMMIT`.
+async fn once(writer: &Writer, batch: &mut Batch, jobs: &mut mpsc::Receiver<Job>) -> Outcome {
     let mut conn = match writer.pool.acquire().await {
         Ok(c) => InDoubt::arm(c),
         Err(e) => return Outcome::Failed(e),
     };
-    let mut sql = String::new();
-    if first {
-        sql.push_str("PRAGMA busy_timeout = 0; BEGIN IMMEDIATE;");
-    } else {
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut **conn.get())
-            .await
-        {
-            // Nothing began; a busy database leaves the connection as it was.
-            if is_busy(&e) {
-                conn.keep();
-            }
-            return Outcome::Failed(e);
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut **conn.get())
+        .await
+    {
+        // Nothing began; a busy database leaves the connection as it was.
+        if is_busy(&e) {
+            conn.keep();
         }
-        // Whatever arrived while the lock was held elsewhere commits with this batch.
-        batch.take_waiting(writer, jobs).await;
+        return Outcome::Failed(e);
     }
+    // Whatever arrived while the lock was being taken commits with this batch.
+    batch.take_waiting(writer, jobs).await;
+    let mut sql = String::new();
     let scripts = &batch.scripts;
     for s in scripts {
         sql.push_str(&s.sql);
@@ -422,16 +410,11 @@ async fn once(
 /// gives; `None` otherwise.
 fn results(rows: &[sqlx::sqlite::SqliteRow], scripts: &[Script]) -> Option<Vec<Written>> {
     use sqlx::Column as _;
-    // The `PRAGMA busy_timeout` of the first attempt answers with a row of its own.
-    let rows: Vec<_> = rows
-        .iter()
-        .filter(|r| r.columns().first().map(|c| c.name()) != Some("timeout"))
-        .collect();
     let expected: usize = scripts.iter().map(|s| s.returns.len()).sum();
     if rows.len() != expected {
         return None;
     }
-    let mut rows = rows.into_iter();
+    let mut rows = rows.iter();
     let mut out = Vec::with_capacity(scripts.len());
     for s in scripts {
         let mut seq = None;
