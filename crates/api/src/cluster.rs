@@ -301,10 +301,12 @@ impl Placement for Cluster {
         if forwarded_late(&req) {
             // The forwarding daemon gave up on this request long ago (this daemon was
             // frozen or cut off): it was, or will be, served elsewhere.
-            return Err(unavailable(
-                "a forwarded request reached this daemon after its deadline; it was not served"
-                    .into(),
-            ));
+            // A client that sets the header itself gets a 4xx: it is its input.
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("{FORWARD_DEADLINE} is past: a forwarded request that arrived after its deadline is not served"),
+            )
+            .into_response());
         }
         let upgrade = req.headers().contains_key(axum::http::header::UPGRADE);
         let (parts, body) = req.into_parts();
@@ -384,9 +386,12 @@ impl Placement for Cluster {
                         return rebuild(parts, payload);
                     }
                     if hops >= MAX_HOPS {
-                        return Err(unavailable(format!(
-                            "the workspace's owner moved while this request was forwarded ({hops} times); retry it"
-                        )));
+                        // The header is a client's input too: a 4xx, retryable without it.
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidRequest,
+                            format!("this request was already forwarded {hops} times ({FORWARDED_BY}) and its workspace's owner moved again; retry it"),
+                        )
+                        .into_response());
                     }
                     match self
                         .forward((&id, &daemon_id, &url), &parts, payload, hops)

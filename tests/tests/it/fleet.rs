@@ -436,4 +436,26 @@ async fn a_workspace_token_verifies_on_every_daemon() {
         assert_eq!(s, 200, "{me}");
         assert_eq!(me["id"], id.as_str(), "{me}");
     }
+    // The headers daemons set on a forward are a client's input when a client sets
+    // them: a 4xx, never a 5xx.
+    let client = reqwest::Client::new();
+    let late = client
+        .get(format!("{}/v1/workspaces/{id}", d[0].url))
+        .bearer_auth(TOKEN)
+        .header("x-berth-forward-deadline", "1")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(late.status().as_u16(), 400);
+    let looped = client
+        .get(format!("{}/v1/workspaces/{id}", d[1].url))
+        .bearer_auth(TOKEN)
+        .header("x-berth-forwarded-by", "x")
+        .header("x-berth-forwarded-by", "y")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(looped.status().as_u16(), 400);
+    let body: Value = looped.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
 }
