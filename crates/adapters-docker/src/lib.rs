@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth_core::ids::{EngineId, Incarnation, RuntimeKind, WorkspaceId};
+use berth_core::ids::{EngineId, Incarnation, RuntimeKind, WorkspaceId, WorkspaceToken};
 use berth_core::model::{Timestamp, WorkspaceSpec};
 use berth_core::ports::{
     API_SOCKET, ByteStream, CaptureTarget, ConflictReason, CopyRequest, DirtyReport, EventWake,
@@ -104,6 +104,9 @@ pub struct DockerConfig {
 
 /// Where a workspace's API socket directory is mounted in its container.
 pub const SOCKET_MOUNT: &str = "/run/berth";
+/// The token file a warm pool member finds in [`SOCKET_MOUNT`] once claimed
+/// (`BERTH_TOKEN_FILE`).
+pub const TOKEN_FILE: &str = "token";
 
 impl Default for DockerConfig {
     fn default() -> Self {
@@ -711,6 +714,12 @@ impl DockerRuntime {
                 ..Default::default()
             });
             env.push(format!("BERTH_API_SOCKET={SOCKET_MOUNT}/{API_SOCKET}"));
+            if request.token_by_file {
+                env.push(format!("BERTH_TOKEN_FILE={SOCKET_MOUNT}/{TOKEN_FILE}"));
+            } else {
+                // A token an earlier claim left is dead (another incarnation): gone.
+                let _ = std::fs::remove_file(dir.join(TOKEN_FILE));
+            }
         }
         let (memory, nano_cpus, pids) = self.limits(&request.spec);
         let labels = HashMap::from([
@@ -1418,6 +1427,36 @@ impl ProcessRuntime for DockerRuntime {
         self.archive_in(request, archive).await
     }
 
+    fn delivers_tokens(&self) -> bool {
+        self.config.sockets.is_some()
+    }
+
+    async fn deliver_token(
+        &self,
+        workspace: &WorkspaceRef,
+        token: &WorkspaceToken,
+    ) -> Result<(), RuntimeError> {
+        let name = self.name(&workspace.engine_id, &workspace.workspace_id);
+        let Some(sockets) = &self.config.sockets else {
+            return Err(RuntimeError::Unsupported {
+                message:
+                    "this daemon serves no API socket to containers, so it cannot hand them tokens"
+                        .into(),
+            });
+        };
+        let dir = sockets
+            .open(&workspace.workspace_id)
+            .map_err(|message| RuntimeError::Other {
+                resource: name.clone(),
+                message,
+            })?;
+        let owner = self.user_of(&workspace.spec);
+        write_token_file(&dir, token, owner).map_err(|e| RuntimeError::Other {
+            resource: name,
+            message: format!("cannot write the token file in {}: {e}", dir.display()),
+        })
+    }
+
     async fn dirty_check(&self, workspace: &WorkspaceRef) -> Result<DirtyReport, RuntimeError> {
         let dir = match self.data_dir(workspace).await {
             Ok(dir) => dir,
@@ -1447,6 +1486,32 @@ pub(crate) fn last_lines(text: &[u8], n: usize) -> Vec<String> {
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let skip = lines.len().saturating_sub(n);
     lines.into_iter().skip(skip).collect()
+}
+
+/// Writes `token` to `dir/token` for the container's user `owner` (root when `None`):
+/// mode 0600, owned by that user when this daemon may give files away, and renamed
+/// into place so a reader sees no token or the whole token.
+fn write_token_file(
+    dir: &std::path::Path,
+    token: &WorkspaceToken,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let partial = dir.join(format!(".{TOKEN_FILE}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(token.expose_secret().as_bytes())?;
+    drop(file);
+    if nix::unistd::geteuid().is_root() {
+        let (uid, gid) = owner.unwrap_or((0, 0));
+        std::os::unix::fs::chown(&partial, Some(uid), Some(gid))?;
+    }
+    std::fs::rename(&partial, dir.join(TOKEN_FILE))
 }
 
 #[cfg(test)]

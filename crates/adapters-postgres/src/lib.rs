@@ -29,7 +29,7 @@ use berth_core::ids::{
     EngineId, Generation, Incarnation, OpId, RuntimeKind, SessionName, TokenHash, WorkspaceId,
     WorkspaceName,
 };
-use berth_core::model::{Event, NewEvent, Operation, Session, SessionState, Workspace};
+use berth_core::model::{Event, NewEvent, Operation, Pool, Session, SessionState, Workspace};
 use berth_core::ports::{
     Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery,
 };
@@ -414,6 +414,8 @@ enum Write<'a> {
         request_hash: &'a str,
         result: &'a str,
     },
+    PutPool(&'a Pool),
+    DeletePool(&'a WorkspaceName),
 }
 
 /// What a write returned.
@@ -423,6 +425,7 @@ enum Written {
     Event(Option<Event>),
     Session(Session),
     Claimed(Option<(String, String)>),
+    Deleted(bool),
 }
 
 fn unexpected(written: Written) -> StoreError {
@@ -519,7 +522,19 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
             .bind(i64_of(commit.expected_version))
             .bind(i64_of(commit.fence.epoch))
             .fetch_optional(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // A rename (a pool member claimed) onto a name another workspace holds.
+                sqlx::Error::Database(db)
+                    if db.is_unique_violation()
+                        && db.constraint() == Some("workspaces_name_key") =>
+                {
+                    refused(StoreError::NameTaken {
+                        name: ws.name.to_string(),
+                    })
+                }
+                e => WriteError::Sql(e),
+            })?;
             if updated.is_none() {
                 return Err(refused(diagnose(tx, &ws.id, commit.fence).await?));
             }
@@ -626,6 +641,23 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
                     .fetch_one(&mut *tx)
                     .await?;
             Ok(Written::Claimed(Some(found)))
+        }
+        Write::PutPool(pool) => {
+            sqlx::query(
+                "INSERT INTO pools (name, body) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            )
+            .bind(pool.name.as_str())
+            .bind(to_json(pool)?)
+            .execute(&mut *tx)
+            .await?;
+            Ok(Written::Deleted(false))
+        }
+        Write::DeletePool(name) => {
+            let done = sqlx::query("DELETE FROM pools WHERE name = $1")
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
+            Ok(Written::Deleted(done.rows_affected() > 0))
         }
     }
 }
@@ -1062,6 +1094,45 @@ impl Store for PgStore {
                 .fetch_optional(&self.pool),
         )
         .await
+    }
+
+    async fn pools(&self) -> Result<Vec<Pool>, StoreError> {
+        let bodies: Vec<String> = self
+            .read(
+                "pools",
+                sqlx::query_scalar("SELECT body FROM pools ORDER BY name").fetch_all(&self.pool),
+            )
+            .await?;
+        bodies.iter().map(|b| from_json(b)).collect()
+    }
+
+    async fn put_pool(&self, pool: &Pool) -> Result<(), StoreError> {
+        self.write("pool", Write::PutPool(pool)).await.map(|_| ())
+    }
+
+    async fn delete_pool(&self, name: &WorkspaceName) -> Result<bool, StoreError> {
+        match self.write("pool", Write::DeletePool(name)).await? {
+            Written::Deleted(found) => Ok(found),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pool_members<'a>(
+        &self,
+        name: Option<&'a WorkspaceName>,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        // Two statements, so each is planned against the partial index.
+        let q = match name {
+            Some(name) => sqlx::query_scalar(
+                "SELECT body FROM workspaces WHERE ((body::jsonb) ->> 'pool') = $1 ORDER BY created_seq",
+            )
+            .bind(name.as_str()),
+            None => sqlx::query_scalar(
+                "SELECT body FROM workspaces WHERE ((body::jsonb) ->> 'pool') IS NOT NULL ORDER BY created_seq",
+            ),
+        };
+        let bodies: Vec<String> = self.read("pool members", q.fetch_all(&self.pool)).await?;
+        bodies.iter().map(|b| from_json(b)).collect()
     }
 
     /// Closes the store. A daemon that joined a fleet ends its lease time first: the

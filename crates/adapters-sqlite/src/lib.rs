@@ -27,7 +27,7 @@ use berth_core::ids::{
     EngineId, Generation, Incarnation, OpId, RuntimeKind, SessionName, TokenHash, WorkspaceId,
     WorkspaceName,
 };
-use berth_core::model::{Event, NewEvent, Operation, Session, SessionState, Workspace};
+use berth_core::model::{Event, NewEvent, Operation, Pool, Session, SessionState, Workspace};
 use berth_core::ports::{
     Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery,
 };
@@ -580,6 +580,8 @@ pub(crate) enum Write<'a> {
         now: String,
     },
     PruneEvents(i64),
+    PutPool(&'a Pool),
+    DeletePool(&'a WorkspaceName),
 }
 
 /// What a write returned.
@@ -730,7 +732,18 @@ async fn apply(tx: &mut SqliteConnection, write: &Write<'_>) -> Result<Written, 
             if let Some(e) = &commit.event {
                 q = q.bind(e.workspace_id.as_str()).bind(to_json(e)?);
             }
-            let rows = q.fetch_all(&mut *tx).await?;
+            let rows = match q.fetch_all(&mut *tx).await {
+                Ok(rows) => rows,
+                // A rename (a pool member claimed) onto a name another workspace holds.
+                Err(sqlx::Error::Database(db))
+                    if db.is_unique_violation() && db.message().contains("workspaces.name") =>
+                {
+                    return Err(refused(StoreError::NameTaken {
+                        name: ws.name.to_string(),
+                    }));
+                }
+                Err(e) => return Err(e.into()),
+            };
             if returned(&rows, "committed_version").is_none() {
                 // Nothing matched: the caller's transaction rolls back the rest.
                 let exists: Option<i64> =
@@ -910,6 +923,21 @@ async fn apply(tx: &mut SqliteConnection, write: &Write<'_>) -> Result<Written, 
             }
             sqlx::query("INSERT INTO idempotency_keys (key, request_hash, result, created_at) VALUES (?, ?, ?, ?)").bind(*key).bind(*request_hash).bind(*result).bind(now.as_str()).execute(&mut *tx).await?;
             Ok(Written::Claimed(None))
+        }
+        Write::PutPool(pool) => {
+            sqlx::query("INSERT INTO pools (name, body) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET body = excluded.body")
+                .bind(pool.name.as_str())
+                .bind(to_json(pool)?)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Written::Nothing)
+        }
+        Write::DeletePool(name) => {
+            let done = sqlx::query("DELETE FROM pools WHERE name = ?")
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
+            Ok(Written::Deleted(done.rows_affected() > 0))
         }
         Write::PruneEvents(cutoff) => {
             sqlx::query("DELETE FROM events WHERE seq <= ?")
@@ -1288,6 +1316,53 @@ impl Store for SqliteStore {
             Written::Claimed(found) => Ok(found),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn pools(&self) -> Result<Vec<Pool>, StoreError> {
+        let bodies: Vec<String> = self
+            .read(
+                "pools",
+                sqlx::query_scalar("SELECT body FROM pools ORDER BY name").fetch_all(&self.reader),
+            )
+            .await?;
+        bodies.iter().map(|b| from_json(b)).collect()
+    }
+
+    async fn put_pool(&self, pool: &Pool) -> Result<(), StoreError> {
+        self.write("pool", Write::PutPool(pool)).await.map(|_| ())
+    }
+
+    async fn delete_pool(&self, name: &WorkspaceName) -> Result<bool, StoreError> {
+        match self.write("pool", Write::DeletePool(name)).await? {
+            Written::Deleted(found) => Ok(found),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pool_members<'a>(
+        &self,
+        name: Option<&'a WorkspaceName>,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        let bodies: Vec<String> = match name {
+            Some(name) => {
+                self.read(
+                    "pool members",
+                    sqlx::query_scalar("SELECT body FROM workspaces WHERE json_extract(body, '$.pool') = ? ORDER BY created_seq")
+                        .bind(name.as_str())
+                        .fetch_all(&self.reader),
+                )
+                .await?
+            }
+            None => {
+                self.read(
+                    "pool members",
+                    sqlx::query_scalar("SELECT body FROM workspaces WHERE json_extract(body, '$.pool') IS NOT NULL ORDER BY created_seq")
+                        .fetch_all(&self.reader),
+                )
+                .await?
+            }
+        };
+        bodies.iter().map(|b| from_json(b)).collect()
     }
 
     async fn idempotency_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError> {

@@ -137,6 +137,17 @@ label_newtype!(
     "workspace name",
     not_an_id
 );
+impl WorkspaceName {
+    /// A fresh name for a member of the warm pool `pool`: `<pool>-<8 hex digits>`. The
+    /// pool's name is at most [`crate::model::Pool::MAX_NAME`] characters, so the result
+    /// is a valid name; a longer one is cut to fit.
+    pub fn pool_member(pool: &WorkspaceName) -> WorkspaceName {
+        let stem = pool.as_str();
+        let stem = stem[..stem.len().min(54)].trim_end_matches('-');
+        Self(format!("{stem}-{}", hex(&random_bytes::<4>())))
+    }
+}
+
 label_newtype!(
     /// The name of a session inside a workspace, unique within it. Same rule as [`WorkspaceName`].
     SessionName,

@@ -148,6 +148,10 @@ pub struct Workspace {
     pub last_error: Option<LastError>,
     /// Optimistic concurrency version, +1 on every write.
     pub version: u64,
+    /// The warm pool this workspace waits in, until a create claims it (`None`: an
+    /// ordinary workspace, or one already claimed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<WorkspaceName>,
 }
 
 /// Who asked for a change.
@@ -308,6 +312,8 @@ pub enum Cause {
     Recovered,
     /// The engine shut down while an op ran.
     Interrupted,
+    /// A create claimed this warm pool member (it took the create's name and a token).
+    Claimed,
 }
 
 /// An event before the store numbered it.
@@ -383,4 +389,29 @@ pub struct CreateWorkspace {
     pub spec: WorkspaceSpec,
     /// Who asks.
     pub actor: Actor,
+}
+
+/// A warm pool: `size` workspaces of one template kept created (and started, with
+/// `start`) ahead of demand; a create whose runtime and spec equal the template claims
+/// one instead of creating a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    /// The pool's name (a workspace name of at most [`Pool::MAX_NAME`] characters: its
+    /// members are named `<pool>-<8 hex digits>` until claimed).
+    pub name: WorkspaceName,
+    /// The members' runtime.
+    pub runtime: RuntimeKind,
+    /// The members' spec (no `dir` or `git`: each member has its own directory).
+    pub spec: WorkspaceSpec,
+    /// How many unclaimed members to keep.
+    pub size: u32,
+    /// Keep the members running (a claim then hands out a running workspace).
+    pub start: bool,
+}
+
+impl Pool {
+    /// The longest pool name.
+    pub const MAX_NAME: usize = 54;
+    /// The most members one pool keeps.
+    pub const MAX_SIZE: u32 = 256;
 }

@@ -48,6 +48,7 @@ async fn launch(
         spec,
         dir,
         env: BTreeMap::new(),
+        token_by_file: false,
     })
     .await
 }

@@ -75,6 +75,7 @@ pub fn workspace(name: &str, runtime: &str) -> Workspace {
         updated_at: now,
         last_error: None,
         version: 1,
+        pool: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn workspace(name: &str) -> Workspace {
         updated_at: now,
         last_error: None,
         version: 1,
+        pool: None,
     }
 }
 

@@ -138,6 +138,7 @@ mod tests {
             updated_at: chrono::Utc::now(),
             last_error: None,
             version: 1,
+            pool: None,
         }
     }
 

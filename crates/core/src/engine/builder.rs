@@ -118,9 +118,13 @@ impl EngineBuilder {
             recovery: parking_lot::Mutex::new(None),
             idempotency: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             health,
+            pools: parking_lot::RwLock::new(Vec::new()),
+            pools_wake: tokio::sync::Notify::new(),
+            pools_pass: tokio::sync::Mutex::new(()),
         });
         inner.reporter.start().await;
         let engine = Engine { inner };
+        *engine.inner.pools.write() = engine.inner.store.pools().await?;
         let report = engine.recover().await?;
         *engine.inner.recovery.lock() = Some(report);
         engine.spawn_background();
@@ -155,4 +159,11 @@ pub(crate) struct Inner {
     pub(crate) idempotency: [tokio::sync::Mutex<()>; 64],
     /// Whether each runtime answers.
     pub(crate) health: super::health::HealthBoard,
+    /// The warm pools as last read from the store (creates match against these).
+    pub(crate) pools: parking_lot::RwLock<Vec<crate::model::Pool>>,
+    /// Wakes the pool loop (a claim, a pool changed).
+    pub(crate) pools_wake: tokio::sync::Notify,
+    /// One pool pass at a time, so a refill never counts members another pass is
+    /// creating.
+    pub(crate) pools_pass: tokio::sync::Mutex<()>,
 }

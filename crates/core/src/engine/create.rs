@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::code::ErrorCode;
-use crate::ids::{OpId, WorkspaceId};
+use crate::ids::{OpId, WorkspaceId, WorkspaceName};
 use crate::merge::OpKind;
 use crate::model::{Cause, CreateWorkspace, NewEvent, Operation, Workspace};
 use crate::ports::Report;
@@ -50,9 +50,16 @@ impl Engine {
     pub(crate) async fn create_stopped(
         &self,
         request: CreateWorkspace,
+        pool: Option<WorkspaceName>,
     ) -> Result<Workspace, EngineError> {
+        self.validate_create(&request)?;
+        self.insert_stopped(request, pool).await
+    }
+
+    /// Refuses a create the engine or its runtime cannot honour (nothing is written).
+    pub(crate) fn validate_create(&self, request: &CreateWorkspace) -> Result<(), EngineError> {
         self.refuse_if_stopping()?;
-        super::validate::validate_spec(&request)?;
+        super::validate::validate_spec(request)?;
         let Some(rt) = self.inner.runtimes.get(&request.runtime) else {
             return Err(EngineError::Validation {
                 field: "runtime".into(),
@@ -71,7 +78,14 @@ impl Engine {
             .map_err(|refusal| EngineError::Validation {
                 field: refusal.field.to_owned(),
                 message: refusal.message,
-            })?;
+            })
+    }
+
+    async fn insert_stopped(
+        &self,
+        request: CreateWorkspace,
+        pool: Option<WorkspaceName>,
+    ) -> Result<Workspace, EngineError> {
         let now = self.inner.clock.now();
         let workspace = Workspace {
             id: WorkspaceId::generate(),
@@ -85,6 +99,7 @@ impl Engine {
             updated_at: now,
             last_error: None,
             version: 1,
+            pool,
         };
         let event = NewEvent {
             at: now,
@@ -206,7 +221,11 @@ impl Engine {
         key: Option<&IdempotencyKey>,
     ) -> Result<Created, EngineError> {
         let actor = request.actor;
-        let ws = self.create_stopped(request).await?;
+        self.validate_create(&request)?;
+        let ws = match self.claim(&request, start).await? {
+            Some(claimed) => claimed,
+            None => self.insert_stopped(request, None).await?,
+        };
         let ticket = if start {
             Some(self.request(&ws.id, OpKind::Start, actor, false).await)
         } else {

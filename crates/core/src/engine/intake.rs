@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::code::ErrorCode;
-use crate::ids::{OpId, WorkspaceId};
+use crate::ids::{OpId, WorkspaceId, WorkspaceName};
 use crate::merge::{Decision, OpKind, Phase, Refusal, merge};
 use crate::model::{Actor, OpError, OpStatus, Operation, Workspace};
 use crate::state::State;
@@ -38,6 +38,7 @@ impl Engine {
         kind: OpKind,
         actor: Actor,
         force: bool,
+        member_of: Option<&WorkspaceName>,
     ) -> Result<OpTicket, EngineError> {
         let gate = self.inner.gates.get(id);
         // A delete's one stop ceiling counts from its request when it preempts.
@@ -52,6 +53,15 @@ impl Engine {
                     what: format!("workspace {id}"),
                 });
             };
+            // A pool's own request (refill, drain) is for an unclaimed member only: a
+            // claim holds this lock while it takes the member.
+            if let Some(pool) = member_of
+                && ws.pool.as_ref() != Some(pool)
+            {
+                return Err(EngineError::NotFound {
+                    what: format!("member {id} of pool {pool} (claimed)"),
+                });
+            }
             let mut decision = merge(gate.read().slot.view(), kind);
             // A failed delete leaves `deleting`: only another delete gets past it.
             if ws.state == State::Deleting && kind != OpKind::Delete {

@@ -24,10 +24,15 @@ impl Engine {
         let dir = rt.prepare(&self.workspace_ref(ws)).await?;
         let mut env = ws.spec.env.clone();
         env.insert("BERTH_WORKSPACE_ID".into(), ws.id.to_string());
-        env.insert(
-            "BERTH_WORKSPACE_TOKEN".into(),
-            token.expose_secret().to_owned(),
-        );
+        // A warm pool member holds no token until a create claims it (the claim hands
+        // it a fresh one through the runtime); the one this start minted goes nowhere.
+        let token_by_file = ws.pool.is_some();
+        if !token_by_file {
+            env.insert(
+                "BERTH_WORKSPACE_TOKEN".into(),
+                token.expose_secret().to_owned(),
+            );
+        }
         env.insert("BERTH_API_URL".into(), self.inner.config.api_url.clone());
         let request = LaunchRequest {
             resource: self.resource(ws),
@@ -35,6 +40,7 @@ impl Engine {
             spec: ws.spec.clone(),
             dir: dir.clone().or_else(|| ws.dir.clone()),
             env,
+            token_by_file,
         };
         loop {
             let reason = match rt.launch(&request).await {

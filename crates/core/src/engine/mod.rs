@@ -29,6 +29,7 @@ mod intake;
 mod io;
 mod launch;
 mod ops;
+mod pools;
 mod queries;
 mod reconcile;
 mod recovery;
@@ -51,6 +52,7 @@ pub use create::{Created, IdempotencyKey};
 pub use error::{EngineError, runtime_code};
 pub use gate::PendingView;
 pub use health::{RuntimeHealth, RuntimeState};
+pub use pools::{PoolStatus, PoolsReport};
 pub use queries::{ListQuery, Page, Snapshot};
 pub use reconcile::ReconcileReport;
 pub use recovery::RecoveryReport;
@@ -164,7 +166,7 @@ impl Engine {
     /// `Validation` for a bad spec, an unknown runtime, or a field the runtime cannot
     /// honour (naming the field); `NameTaken`, `ShuttingDown`, store errors.
     pub async fn create(&self, request: CreateWorkspace) -> Result<Workspace, EngineError> {
-        self.create_stopped(request).await
+        self.create_stopped(request, None).await
     }
 
     /// Creates a workspace and, when `start`, requests its start. With a key, the same
@@ -354,7 +356,7 @@ impl Engine {
         let engine = self.clone();
         let id = id.clone();
         let submitted = self.spawn(async move {
-            let _ = tx.send(engine.submit(&id, kind, actor, force).await);
+            let _ = tx.send(engine.submit(&id, kind, actor, force, None).await);
         });
         if !submitted {
             return Err(EngineError::ShuttingDown);

@@ -418,6 +418,7 @@ impl Engine {
     /// runtime that has an event stream; a wake-up from either runs a pass (bursts
     /// coalesce into one).
     pub(crate) fn spawn_background(&self) {
+        self.spawn_pool_loop();
         let mut wakes = HashMap::new();
         for (kind, rt) in &self.inner.runtimes {
             let wake = crate::ports::EventWake::new();

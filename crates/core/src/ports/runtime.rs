@@ -153,6 +153,10 @@ pub struct LaunchRequest {
     /// The full environment: the spec's plus `BERTH_WORKSPACE_ID`,
     /// `BERTH_WORKSPACE_TOKEN`, `BERTH_API_URL`.
     pub env: BTreeMap<String, String>,
+    /// A warm pool member: `env` has no token; its process is told in
+    /// `BERTH_TOKEN_FILE` where [`ProcessRuntime::deliver_token`] will put the token
+    /// when a create claims it.
+    pub token_by_file: bool,
 }
 
 /// A session launch inside a running workspace.
@@ -441,5 +445,30 @@ pub trait ProcessRuntime: Send + Sync + std::fmt::Debug {
     /// return promptly once `stop` is cancelled, and MUST NOT fail: reconnect instead.
     async fn watch_events(&self, engine_id: &EngineId, stop: &CancellationToken, wake: &EventWake) {
         let _ = (engine_id, stop, wake);
+    }
+
+    /// Whether [`ProcessRuntime::deliver_token`] works: only such a runtime can keep warm
+    /// pools of started workspaces (a claim hands the running process its token).
+    fn delivers_tokens(&self) -> bool {
+        false
+    }
+
+    /// Hands a running workspace (launched with [`LaunchRequest::token_by_file`]) its
+    /// token: writes it, replacing any earlier one, to the file its process was told
+    /// of in `BERTH_TOKEN_FILE`, readable by the workspace's user only, so the token
+    /// reaches no other workspace. The write is atomic: a reader sees no token or the
+    /// whole token.
+    async fn deliver_token(
+        &self,
+        workspace: &WorkspaceRef,
+        token: &crate::ids::WorkspaceToken,
+    ) -> Result<(), RuntimeError> {
+        let _ = (workspace, token);
+        Err(RuntimeError::Unsupported {
+            message: format!(
+                "the {} runtime cannot hand a running workspace a token",
+                self.kind()
+            ),
+        })
     }
 }

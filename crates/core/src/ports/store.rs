@@ -23,7 +23,7 @@ use crate::ids::{
     EngineId, Generation, Incarnation, OpId, RuntimeKind, SessionName, TokenHash, WorkspaceId,
     WorkspaceName,
 };
-use crate::model::{Event, NewEvent, Operation, Session, Timestamp, Workspace};
+use crate::model::{Event, NewEvent, Operation, Pool, Session, Timestamp, Workspace};
 use crate::state::State;
 
 /// A store error. Callers never see a busy/locked database: adapters wait and retry.
@@ -187,7 +187,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Applies a [`Commit`] atomically: the row (only if its stored version equals
     /// `expected_version`, else `Conflict`, and only if its fence is not older than the
-    /// store's, else `Fenced`; nothing written either way), the event (numbered with the
+    /// store's, else `Fenced`; a name another workspace holds is `NameTaken`; nothing
+    /// written in each case), the event (numbered with the
     /// next `seq`), the token hash, the ops. Returns the stored event.
     async fn commit(&self, commit: &Commit) -> Result<Option<Event>, StoreError>;
 
@@ -275,6 +276,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The stored `(request_hash, result)` of an idempotency key, without claiming it.
     async fn idempotency_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError>;
+
+    /// Every warm pool, by name.
+    async fn pools(&self) -> Result<Vec<Pool>, StoreError>;
+
+    /// Creates or replaces the pool of `pool.name`.
+    async fn put_pool(&self, pool: &Pool) -> Result<(), StoreError>;
+
+    /// Removes a pool (its members stay until the engine drains them); returns whether
+    /// it existed.
+    async fn delete_pool(&self, name: &WorkspaceName) -> Result<bool, StoreError>;
+
+    /// The unclaimed members of the pool `name` (every pool's with `None`), by
+    /// creation. A claimed workspace (its `pool` is `None`) is never one.
+    async fn pool_members<'a>(
+        &self,
+        name: Option<&'a WorkspaceName>,
+    ) -> Result<Vec<Workspace>, StoreError>;
 
     /// Closes the store. MUST be idempotent; every later call returns `Closed`.
     async fn close(&self);

@@ -48,6 +48,8 @@ pub enum FakeCall {
     DirtyCheck,
     /// `inspect_session`
     InspectSession,
+    /// `deliver_token`
+    DeliverToken,
 }
 
 impl FakeCall {
@@ -66,6 +68,7 @@ impl FakeCall {
             FakeCall::Capture => "capture",
             FakeCall::DirtyCheck => "dirty_check",
             FakeCall::InspectSession => "inspect_session",
+            FakeCall::DeliverToken => "deliver_token",
         }
     }
 }
@@ -133,6 +136,8 @@ struct World {
     launches: Vec<LaunchRecord>,
     /// Every call in order: (call, workspace).
     journal: Vec<(FakeCall, WorkspaceId)>,
+    /// Tokens handed to running workspaces, in order: (workspace, incarnation, token).
+    delivered: Vec<(WorkspaceId, Incarnation, String)>,
     unavailable: bool,
 }
 
@@ -170,6 +175,12 @@ impl FakeRuntime {
             breakpoints: Breakpoints::default(),
             refused_fields: parking_lot::Mutex::default(),
         }
+    }
+
+    /// The tokens [`ProcessRuntime::deliver_token`] handed out, in order:
+    /// (workspace, the incarnation running then, the token).
+    pub fn delivered(&self) -> Vec<(WorkspaceId, Incarnation, String)> {
+        self.world.lock().delivered.clone()
     }
 
     /// Every call of `call` takes `delay` (tokio time, so paused tests stay exact).
@@ -499,6 +510,40 @@ impl ProcessRuntime for FakeRuntime {
         self.breakpoints
             .hit(&format!("launch.created:{}", r.workspace_id))
             .await;
+        self.leave(plan, ()).await
+    }
+
+    fn delivers_tokens(&self) -> bool {
+        true
+    }
+
+    async fn deliver_token(
+        &self,
+        workspace: &WorkspaceRef,
+        token: &crate::ids::WorkspaceToken,
+    ) -> Result<(), RuntimeError> {
+        let plan = self
+            .enter(FakeCall::DeliverToken, &workspace.workspace_id)
+            .await?;
+        {
+            let mut world = self.world.lock();
+            let running = world.procs.iter().find(|p| {
+                p.workspace_id == workspace.workspace_id
+                    && p.engine_id == workspace.engine_id
+                    && p.kind == ResourceKind::Main
+                    && p.status == ProcessStatus::Running
+            });
+            let Some(incarnation) = running.map(|p| p.incarnation) else {
+                return Err(RuntimeError::NotFound {
+                    resource: Self::name_of(&workspace.workspace_id),
+                });
+            };
+            world.delivered.push((
+                workspace.workspace_id.clone(),
+                incarnation,
+                token.expose_secret().to_owned(),
+            ));
+        }
         self.leave(plan, ()).await
     }
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use crate::ids::{
     EngineId, Generation, Incarnation, OpId, SessionName, TokenHash, WorkspaceId, WorkspaceName,
 };
-use crate::model::{Event, NewEvent, OpStatus, Operation, Session, SessionState, Workspace};
+use crate::model::{Event, NewEvent, OpStatus, Operation, Pool, Session, SessionState, Workspace};
 use crate::ports::{Commit, Fence, NewSession, Store, StoreError, WorkspacePage, WorkspaceQuery};
 use crate::state::State;
 
@@ -30,6 +30,7 @@ struct Mem {
     /// The lowest fence epoch a write of the workspace may carry (a shared store's
     /// lease, for fencing tests).
     fences: HashMap<WorkspaceId, u64>,
+    pools: BTreeMap<WorkspaceName, Pool>,
     closed: bool,
 }
 
@@ -300,6 +301,15 @@ impl Store for MemoryStore {
             }
             Some(_) => {}
         }
+        if mem
+            .workspaces
+            .values()
+            .any(|w| w.name == commit.workspace.name && w.id != *id)
+        {
+            return Err(StoreError::NameTaken {
+                name: commit.workspace.name.to_string(),
+            });
+        }
         mem.workspaces.insert(id.clone(), commit.workspace.clone());
         if let Some(hash) = &commit.token {
             mem.tokens
@@ -538,6 +548,44 @@ impl Store for MemoryStore {
         let mem = self.mem.lock();
         open(&mem)?;
         Ok(mem.idempotency.get(key).cloned())
+    }
+
+    async fn pools(&self) -> Result<Vec<Pool>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem.pools.values().cloned().collect())
+    }
+
+    async fn put_pool(&self, pool: &Pool) -> Result<(), StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        mem.pools.insert(pool.name.clone(), pool.clone());
+        Ok(())
+    }
+
+    async fn delete_pool(&self, name: &WorkspaceName) -> Result<bool, StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem.pools.remove(name).is_some())
+    }
+
+    async fn pool_members<'a>(
+        &self,
+        name: Option<&'a WorkspaceName>,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        Ok(mem
+            .order
+            .values()
+            .filter_map(|id| mem.workspaces.get(id))
+            .filter(|w| match (&w.pool, name) {
+                (Some(pool), Some(name)) => pool == name,
+                (Some(_), None) => true,
+                (None, _) => false,
+            })
+            .cloned()
+            .collect())
     }
 
     async fn close(&self) {

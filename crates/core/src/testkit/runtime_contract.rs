@@ -107,6 +107,7 @@ impl Ws {
             spec: self.spec.clone(),
             dir,
             env,
+            token_by_file: false,
         };
         rt.launch(&request).await
     }

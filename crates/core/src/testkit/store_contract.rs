@@ -13,7 +13,7 @@ use crate::ids::{
 };
 use crate::merge::OpKind;
 use crate::model::{
-    Actor, Cause, NewEvent, OpStatus, Operation, Timestamp, Workspace, WorkspaceSpec,
+    Actor, Cause, NewEvent, OpStatus, Operation, Pool, Timestamp, Workspace, WorkspaceSpec,
 };
 use crate::ports::{Commit, Fence, NewSession, Store, StoreError, WorkspaceQuery};
 use crate::state::State;
@@ -40,6 +40,7 @@ fn workspace(name: &str, at: i64) -> Workspace {
         updated_at: t(at),
         last_error: None,
         version: 1,
+        pool: None,
     }
 }
 
@@ -104,6 +105,7 @@ where
     delete_removes_rows_and_keeps_history(make().await).await;
     idempotency_keys_keep_the_first_result(make().await).await;
     hostile_content_round_trips(make().await).await;
+    pools_and_their_members(make().await).await;
     close_refuses_later_calls(make().await).await;
 }
 
@@ -784,6 +786,97 @@ async fn hostile_content_round_trips(s: Arc<dyn Store>) {
         vec![stored],
         "hostile message MUST round-trip"
     );
+}
+
+async fn pools_and_their_members(s: Arc<dyn Store>) {
+    let name = |n: &str| WorkspaceName::parse(n).expect("valid name");
+    let pool = Pool {
+        name: name("py"),
+        runtime: RuntimeKind::parse("fake").expect("valid runtime"),
+        spec: WorkspaceSpec {
+            command: vec!["sleep".into(), "600".into()],
+            ..Default::default()
+        },
+        size: 2,
+        start: true,
+    };
+    assert!(s.pools().await.expect("pools").is_empty());
+    s.put_pool(&pool).await.expect("put");
+    let bigger = Pool {
+        size: 3,
+        ..pool.clone()
+    };
+    s.put_pool(&bigger).await.expect("put again");
+    assert_eq!(
+        s.pools().await.expect("pools"),
+        vec![bigger.clone()],
+        "a pool of the same name MUST be replaced"
+    );
+    // Members by creation, of one pool or of all; a claimed one is no member.
+    let mut members = Vec::new();
+    for (n, p) in [
+        ("py-00000001", "py"),
+        ("other", ""),
+        ("go-00000001", "go"),
+        ("py-00000002", "py"),
+    ] {
+        let mut ws = workspace(n, 0);
+        ws.pool = (!p.is_empty()).then(|| name(p));
+        s.create_workspace(&ws, &event(&ws, None, Some(State::Stopped), Cause::Created))
+            .await
+            .expect("create");
+        members.push(ws);
+    }
+    let names = |list: Vec<Workspace>| {
+        list.into_iter()
+            .map(|w| w.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(s.pool_members(Some(&name("py"))).await.expect("members")),
+        ["py-00000001", "py-00000002"]
+    );
+    assert_eq!(
+        names(s.pool_members(None).await.expect("members")),
+        ["py-00000001", "go-00000001", "py-00000002"]
+    );
+    // A claim: the member takes a new name and leaves the pool in one commit; a name
+    // another workspace holds is `NameTaken` and changes nothing.
+    let first = &members[0];
+    let mut taken = first.clone();
+    taken.name = name("other");
+    taken.pool = None;
+    taken.version = 2;
+    let commit = |ws: Workspace| Commit {
+        workspace: ws,
+        expected_version: 1,
+        event: None,
+        token: None,
+        ops: vec![],
+        fence: Fence::default(),
+    };
+    assert!(
+        matches!(
+            s.commit(&commit(taken.clone())).await,
+            Err(StoreError::NameTaken { .. })
+        ),
+        "renaming onto a held name MUST be NameTaken"
+    );
+    assert_eq!(
+        s.workspace(&first.id).await.expect("get"),
+        Some(first.clone())
+    );
+    let mut claimed = taken;
+    claimed.name = name("mine");
+    s.commit(&commit(claimed.clone())).await.expect("claim");
+    assert_eq!(s.workspace(&first.id).await.expect("get"), Some(claimed));
+    assert_eq!(
+        names(s.pool_members(Some(&name("py"))).await.expect("members")),
+        ["py-00000002"]
+    );
+    assert!(s.delete_pool(&name("py")).await.expect("delete"));
+    assert!(!s.delete_pool(&name("py")).await.expect("delete again"));
+    assert!(s.pools().await.expect("pools").is_empty());
 }
 
 async fn close_refuses_later_calls(s: Arc<dyn Store>) {

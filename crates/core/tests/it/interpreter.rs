@@ -18,7 +18,8 @@ use berth_core::ids::{
 };
 use berth_core::merge::OpKind;
 use berth_core::model::{
-    Actor, Cause, CreateWorkspace, Event, NewEvent, Operation, Session, Workspace, WorkspaceSpec,
+    Actor, Cause, CreateWorkspace, Event, NewEvent, Operation, Pool, Session, Workspace,
+    WorkspaceSpec,
 };
 use berth_core::ports::{
     CaptureTarget, Commit, DirtyReport, EventWake, Fence, LaunchRequest, NewSession, OwnedResource,
@@ -191,6 +192,21 @@ impl Store for JournalStore {
     async fn idempotency_key(&self, k: &str) -> Result<Option<(String, String)>, StoreError> {
         self.inner.idempotency_key(k).await
     }
+    async fn pools(&self) -> Result<Vec<Pool>, StoreError> {
+        self.inner.pools().await
+    }
+    async fn put_pool(&self, p: &Pool) -> Result<(), StoreError> {
+        self.inner.put_pool(p).await
+    }
+    async fn delete_pool(&self, n: &WorkspaceName) -> Result<bool, StoreError> {
+        self.inner.delete_pool(n).await
+    }
+    async fn pool_members<'a>(
+        &self,
+        n: Option<&'a WorkspaceName>,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        self.inner.pool_members(n).await
+    }
     async fn close(&self) {
         self.inner.close().await;
     }
@@ -294,7 +310,8 @@ fn event_of(from: State, to: Option<State>, cause: Cause) -> Option<LifecycleEve
         Cause::Recovered if from == State::Starting => Ev::StartFailed(FailureReason::Interrupted),
         Cause::Recovered if from == State::Stopping => Ev::Stopped,
         Cause::Recovered => Ev::DeleteFailed,
-        Cause::Created | Cause::Interrupted => return None,
+        // Not moves of the state machine: a claim renames a member in place.
+        Cause::Created | Cause::Interrupted | Cause::Claimed => return None,
     })
 }
 

@@ -14,6 +14,7 @@ mod lifecycle;
 mod mocks;
 mod model;
 mod ownership;
+mod pools;
 mod reads;
 mod reconcile;
 mod sessions;
