@@ -526,3 +526,21 @@ impl Drop for Terminal {
         let _ = self.tmux(&["kill-server"]);
     }
 }
+
+/// `GET path` over a workspace's API socket with `token`: the raw HTTP answer.
+///
+/// # Panics
+/// When the socket cannot be reached.
+pub async fn get_over(socket: &Path, path: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}

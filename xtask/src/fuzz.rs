@@ -91,6 +91,9 @@ pub fn run(root: &Path) -> Result<()> {
             "127.0.0.1:0",
             "--sandbox",
             "auto",
+            // Generated pools make real members: a few, not hundreds.
+            "--pool-capacity",
+            "8",
             "--data-dir",
         ])
         .arg(&data)

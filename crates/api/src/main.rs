@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use berth::cli::{CallError, SessionCommand, Target, WsCommand};
+use berth::cli::{CallError, PoolCommand, SessionCommand, Target, WsCommand};
 use clap::{Parser, Subcommand};
 
 /// berth: a workspace lifecycle engine.
@@ -38,6 +38,13 @@ enum Command {
         target: Target,
         #[command(subcommand)]
         command: SessionCommand,
+    },
+    /// Warm pools: workspaces created (and started) ahead of demand, claimed by creates.
+    Pool {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: PoolCommand,
     },
     /// Bring up the workspaces and sessions a workspace file describes: create what is
     /// missing, start what is stopped, recreate what changed. Run twice, nothing happens.
@@ -221,6 +228,7 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Ws { target, .. }
         | Command::Session { target, .. }
+        | Command::Pool { target, .. }
         | Command::Events { target, .. }
         | Command::Up { target, .. }
         | Command::Down { target, .. }
@@ -242,6 +250,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => berth::serve::serve(args).await,
             Command::Ws { target, command } => target.connect()?.ws(command).await,
+            Command::Pool { target, command } => target.connect()?.pool(command).await.map(|()| 0),
             Command::Session { target, command } => {
                 target.connect()?.session(command).await.map(|()| 0)
             }

@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Period of the background reconciler. [default: 5s]
     #[arg(long, env = "BERTH_RECONCILE_PERIOD", value_parser = humantime::parse_duration)]
     pub reconcile_period: Option<Duration>,
+    /// The most unclaimed members all warm pools may keep together. [default: 256]
+    #[arg(long, env = "BERTH_POOL_CAPACITY")]
+    pub pool_capacity: Option<u32>,
     /// Runtime resources of no known workspace younger than this are left alone.
     /// [default: 60s]
     #[arg(long, env = "BERTH_ORPHAN_GRACE", value_parser = humantime::parse_duration)]
@@ -173,6 +176,10 @@ struct FileConfig {
     #[serde(default, with = "opt_duration")]
     lease_ttl: Option<Duration>,
     durability: Option<String>,
+    pool_capacity: Option<u32>,
+    /// `[pools.<name>]`: warm pools, set at every start (the API's `PUT /v1/pools`).
+    #[serde(default)]
+    pools: std::collections::BTreeMap<String, crate::http::dto::PoolRequest>,
 }
 
 mod opt_duration {
@@ -224,6 +231,8 @@ pub struct Settings {
     pub lease_ttl: Duration,
     /// How hard the SQLite store makes a commit durable.
     pub durability: Durability,
+    /// The config file's warm pools, set at start.
+    pub pools: Vec<berth_core::model::Pool>,
 }
 
 /// Which store `berth serve` uses.
@@ -326,6 +335,10 @@ impl ServeArgs {
                 .drain_deadline
                 .or(file.drain_deadline)
                 .unwrap_or(d.drain_deadline),
+            pool_capacity: self
+                .pool_capacity
+                .or(file.pool_capacity)
+                .unwrap_or(d.pool_capacity),
             ..d
         };
         Ok(Settings {
@@ -368,6 +381,16 @@ impl ServeArgs {
                 .lease_ttl
                 .or(file.lease_ttl)
                 .unwrap_or(Duration::from_secs(10)),
+            pools: file
+                .pools
+                .iter()
+                .map(|(name, body)| {
+                    let name = berth_core::ids::WorkspaceName::parse(name)
+                        .map_err(|e| anyhow::anyhow!("pools.{name}: {e}"))?;
+                    crate::http::pools::pool_of(name.clone(), body)
+                        .map_err(|e| anyhow::anyhow!("pools.{name}: {}", e.detail.message))
+                })
+                .collect::<anyhow::Result<_>>()?,
             durability: match (self.durability, &file.durability) {
                 (Some(d), _) => d,
                 (None, Some(text)) => {
@@ -848,6 +871,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         state.placement = Some(cluster as Arc<dyn crate::http::placement::Placement>);
     }
     reopen_sockets(&engine, &sockets).await;
+    for pool in &settings.pools {
+        let name = pool.name.clone();
+        engine
+            .set_pool(pool.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("config file, pools.{name}: {e}"))?;
+    }
     state.set_ready(true);
     if live.set(router(state.clone())).is_err() {
         bail!("the API router was installed twice");

@@ -7,6 +7,7 @@ mod docker;
 mod faults;
 mod fleet;
 mod lifecycle;
+mod pools;
 mod quickstart;
 mod security;
 mod shutdown;

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use berth_tests::{Daemon, berth_bin, docker_test_image, read_when_written};
+use berth_tests::{Daemon, berth_bin, docker_test_image, get_over, read_when_written};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -598,20 +598,6 @@ fn unix_get(dir: &Path) -> std::path::PathBuf {
         built.success(),
         "cc -static failed (needs gcc and libc6-dev)"
     );
-    out
-}
-
-/// A raw GET over a Unix socket, from the host.
-async fn get_over(socket: &Path, path: &str, token: &str) -> String {
-    let mut s = tokio::net::UnixStream::connect(socket)
-        .await
-        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
     out
 }
 

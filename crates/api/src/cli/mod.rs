@@ -7,7 +7,10 @@
 
 mod access;
 pub mod doctor;
+mod pool;
 mod up;
+
+pub use pool::PoolCommand;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -590,6 +593,10 @@ fn print_op(v: &Value) {
 
 /// `berth ws ...`.
 #[derive(Debug, clap::Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process from the command line"
+)]
 pub enum WsCommand {
     /// Create a workspace (and start it unless --no-start).
     Create {
@@ -640,6 +647,10 @@ pub enum WsCommand {
         /// Idempotency key (a retry with the same key returns the first result).
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Take this warm pool's template, and a ready member of it when there is one
+        /// (`berth pool ls`).
+        #[arg(long, conflicts_with_all = ["runtime", "dir", "git_repo", "env", "image", "memory", "millicpus", "pids", "sandbox", "no_network", "run_as_root", "read_only_root", "command"])]
+        pool: Option<String>,
         /// The main process's argv (after `--`).
         #[arg(last = true)]
         command: Vec<String>,
@@ -874,12 +885,18 @@ impl Client {
                 read_only_root,
                 no_start,
                 idempotency_key,
+                pool,
                 command,
             } => {
-                let mut body = serde_json::json!({
-                    "name": name, "runtime": runtime, "start": !no_start,
-                    "env": env_pairs(&env)?,
-                });
+                let mut body = match pool {
+                    Some(pool) => {
+                        serde_json::json!({"name": name, "start": !no_start, "pool": pool})
+                    }
+                    None => serde_json::json!({
+                        "name": name, "runtime": runtime, "start": !no_start,
+                        "env": env_pairs(&env)?,
+                    }),
+                };
                 if let Some(image) = image {
                     body["image"] = Value::String(image);
                 }

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use berth_core::engine::{PendingView, Snapshot};
-use berth_core::model::{Event, Operation, Session, Workspace};
+use berth_core::engine::{PendingView, PoolStatus, Snapshot};
+use berth_core::model::{Event, Operation, Session, Workspace, WorkspaceSpec};
 
 use super::error::ErrorDetail;
 use chrono::{DateTime, Utc};
@@ -105,6 +105,32 @@ pub struct WorkspaceView {
     pub last_error: Option<LastErrorView>,
     /// Ops in flight and queued.
     pub pending: PendingOps,
+    /// The warm pool it waits in, unclaimed (`null` for every other workspace).
+    pub pool: Option<String>,
+}
+
+impl From<&WorkspaceSpec> for SpecView {
+    fn from(spec: &WorkspaceSpec) -> Self {
+        Self {
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            dir: spec.dir.clone(),
+            image: spec.image.clone(),
+            git: spec.git.as_ref().map(|g| GitView {
+                repo: g.repo.clone(),
+                reference: g.reference.clone(),
+            }),
+            limits: spec.limits.as_ref().map(|l| LimitsView {
+                memory_bytes: l.memory_bytes,
+                millicpus: l.millicpus,
+                pids: l.pids,
+            }),
+            sandbox: spec.sandbox.map(|s| s.as_str().to_owned()),
+            network: spec.network,
+            run_as_root: spec.run_as_root,
+            read_only_root: spec.read_only_root,
+        }
+    }
 }
 
 impl From<&Snapshot> for WorkspaceView {
@@ -123,25 +149,7 @@ impl WorkspaceView {
             runtime: ws.runtime.to_string(),
             state: ws.state.as_str().to_owned(),
             incarnation: ws.incarnation.0,
-            spec: SpecView {
-                command: spec.command.clone(),
-                env: spec.env.clone(),
-                dir: spec.dir.clone(),
-                image: spec.image.clone(),
-                git: spec.git.as_ref().map(|g| GitView {
-                    repo: g.repo.clone(),
-                    reference: g.reference.clone(),
-                }),
-                limits: spec.limits.as_ref().map(|l| LimitsView {
-                    memory_bytes: l.memory_bytes,
-                    millicpus: l.millicpus,
-                    pids: l.pids,
-                }),
-                sandbox: spec.sandbox.map(|s| s.as_str().to_owned()),
-                network: spec.network,
-                run_as_root: spec.run_as_root,
-                read_only_root: spec.read_only_root,
-            },
+            spec: SpecView::from(spec),
             dir: ws.dir.clone(),
             created_at: ws.created_at,
             updated_at: ws.updated_at,
@@ -154,6 +162,7 @@ impl WorkspaceView {
                 in_flight: pending.in_flight.as_ref().map(OperationView::from),
                 queued: pending.queued.as_ref().map(OperationView::from),
             },
+            pool: ws.pool.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -346,6 +355,14 @@ pub struct CreateRequest {
     /// Start it right away (default true).
     #[serde(default)]
     pub start: Option<bool>,
+    /// Take the template of this warm pool (and one of its ready members when there
+    /// is one); the template's fields (`runtime`, `command`, `env`, `dir`, `git`,
+    /// `image`, `limits`, `sandbox`, `network`, `run_as_root`, `read_only_root`) are
+    /// then left out. Without it, a create whose fields equal a pool's template claims
+    /// a member too.
+    #[serde(default)]
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,52}[a-z0-9])?$")]
+    pub pool: Option<String>,
 }
 
 /// `201` of create.
@@ -568,4 +585,109 @@ pub struct OpsQuery {
     /// How many (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+}
+
+/// `PUT /v1/pools/{name}`: a warm pool's template and size.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRequest {
+    /// `tmux` (default) or `docker`. A pool of started members needs a runtime that
+    /// can hand a running workspace its token (docker).
+    #[serde(default)]
+    #[schema(pattern = "^(tmux|docker)$")]
+    pub runtime: Option<String>,
+    /// The members' argv.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// The members' environment.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// The image (Docker).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Option<LimitsView>,
+    /// As in a create (tmux).
+    #[serde(default)]
+    #[schema(pattern = "^(none|landlock|auto)$")]
+    pub sandbox: Option<String>,
+    /// As in a create.
+    #[serde(default)]
+    pub network: Option<bool>,
+    /// As in a create (Docker).
+    #[serde(default)]
+    pub run_as_root: Option<bool>,
+    /// As in a create (Docker).
+    #[serde(default)]
+    pub read_only_root: Option<bool>,
+    /// How many unclaimed members to keep, 0 to 256.
+    #[schema(minimum = 0, maximum = 256)]
+    pub size: u32,
+    /// Keep the members running, so a claim hands out a running workspace (default
+    /// true); `false` keeps them created only.
+    #[serde(default)]
+    pub start: Option<bool>,
+}
+
+/// A member of a warm pool, not yet claimed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PoolMemberView {
+    /// Opaque id (kept when a create claims it).
+    pub id: String,
+    /// `<pool>-<8 hex digits>` until claimed.
+    pub name: String,
+    /// Its state (`running` members of a started pool are ready).
+    pub state: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A warm pool.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PoolView {
+    /// Its name.
+    pub name: String,
+    /// The members' runtime.
+    pub runtime: String,
+    /// The template: a create with these fields (or with `pool`) claims a member.
+    pub spec: SpecView,
+    /// Unclaimed members kept.
+    pub size: u32,
+    /// Whether members are kept running.
+    pub start: bool,
+    /// Members a create can claim now.
+    pub ready: usize,
+    /// The unclaimed members (this daemon's, with several daemons), by creation.
+    pub members: Vec<PoolMemberView>,
+}
+
+impl From<&PoolStatus> for PoolView {
+    fn from(p: &PoolStatus) -> Self {
+        Self {
+            name: p.pool.name.to_string(),
+            runtime: p.pool.runtime.to_string(),
+            spec: SpecView::from(&p.pool.spec),
+            size: p.pool.size,
+            start: p.pool.start,
+            ready: p.ready(),
+            members: p
+                .members
+                .iter()
+                .map(|m| PoolMemberView {
+                    id: m.id.to_string(),
+                    name: m.name.to_string(),
+                    state: m.state.as_str().to_owned(),
+                    created_at: m.created_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The warm pools, by name.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PoolList {
+    /// The pools.
+    pub items: Vec<PoolView>,
 }

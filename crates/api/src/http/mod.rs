@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod operations;
 pub mod placement;
+pub mod pools;
 pub mod sessions;
 pub mod state;
 pub mod workspaces;
@@ -80,6 +81,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/workspaces/{id}/output", get(workspaces::main_output))
         .route("/v1/self", get(workspaces::whoami))
+        .route("/v1/pools", get(pools::list_pools))
+        .route(
+            "/v1/pools/{name}",
+            get(pools::get_pool)
+                .put(pools::put_pool)
+                .delete(pools::delete_pool),
+        )
         .route(
             "/v1/workspaces/{id}/exec",
             post(access::exec_to_end).get(access::exec_stream),

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, dto, error, events, health, operations, sessions, workspaces};
+use super::{access, dto, error, events, health, operations, pools, sessions, workspaces};
 
 /// The API's document.
 #[derive(Debug, OpenApi)]
@@ -23,13 +23,15 @@ use super::{access, dto, error, events, health, operations, sessions, workspaces
         events::events, sessions::launch_session, sessions::list_sessions,
         sessions::stop_session, sessions::session_output, workspaces::main_output,
         workspaces::whoami, access::exec_to_end, access::exec_stream, access::attach,
-        access::logs, access::files_out, access::files_in,
+        access::logs, access::files_out, access::files_in, pools::list_pools, pools::get_pool,
+        pools::put_pool, pools::delete_pool,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, dto::WorkspaceView, dto::OperationView,
         dto::EventView, dto::SessionView, dto::CreateRequest, dto::CreateResponse,
         dto::OpResponse, dto::WaitResponse, dto::SessionRequest, access::ExecBody,
-        access::ExecResult, access::ExecStart, access::LogLineView,
+        access::ExecResult, access::ExecStart, access::LogLineView, dto::PoolRequest,
+        dto::PoolView, dto::PoolList, dto::PoolMemberView,
     )),
     modifiers(&Bearer, &CommonErrors),
 )]
@@ -135,7 +137,13 @@ pub fn document() -> String {
         let no_nul = serde_json::json!({"type": "string", "pattern": "^[^\\u0000]*$"});
         let program =
             serde_json::json!({"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$"});
-        for schema in ["CreateRequest", "SessionRequest", "ExecBody", "ExecStart"] {
+        for schema in [
+            "CreateRequest",
+            "PoolRequest",
+            "SessionRequest",
+            "ExecBody",
+            "ExecStart",
+        ] {
             let command = &mut value["components"]["schemas"][schema]["properties"]["command"];
             if command.is_object() {
                 command["minItems"] = serde_json::json!(1);
@@ -144,7 +152,7 @@ pub fn document() -> String {
             }
         }
         // ... and the names an environment may have.
-        for schema in ["CreateRequest", "SessionRequest"] {
+        for schema in ["CreateRequest", "PoolRequest", "SessionRequest"] {
             let env = &mut value["components"]["schemas"][schema]["properties"]["env"];
             if env.is_object() {
                 env["propertyNames"] = serde_json::json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"});

@@ -44,6 +44,77 @@ pub(crate) fn parse_timeout(
     Ok(d.min(max))
 }
 
+/// The runtime a request names (tmux by default).
+pub(crate) fn runtime_of(name: Option<&str>) -> ApiResult<RuntimeKind> {
+    RuntimeKind::parse(name.unwrap_or("tmux"))
+        .map_err(|e| ApiError::validation("runtime", e.to_string()))
+}
+
+/// The spec a create body describes.
+pub(crate) fn spec_of(body: &CreateRequest) -> ApiResult<WorkspaceSpec> {
+    Ok(WorkspaceSpec {
+        command: body.command.clone().unwrap_or_default(),
+        env: body.env.clone().unwrap_or_default(),
+        dir: body.dir.clone(),
+        git: body.git.as_ref().map(|g| GitSource {
+            repo: g.repo.clone(),
+            reference: g.reference.clone(),
+        }),
+        image: body.image.clone(),
+        limits: body.limits.as_ref().map(|l| Limits {
+            memory_bytes: l.memory_bytes,
+            millicpus: l.millicpus,
+            pids: l.pids,
+        }),
+        sandbox: body
+            .sandbox
+            .as_deref()
+            .map(|s| {
+                Sandbox::parse(s).ok_or_else(|| {
+                    ApiError::validation("sandbox", "sandbox is none, landlock or auto")
+                })
+            })
+            .transpose()?,
+        network: body.network,
+        run_as_root: body.run_as_root.unwrap_or(false),
+        read_only_root: body.read_only_root.unwrap_or(false),
+    })
+}
+
+/// A create from a named pool: the pool's template, with none of its fields given.
+fn from_pool(
+    state: &AppState,
+    body: &CreateRequest,
+    pool: &str,
+) -> ApiResult<(RuntimeKind, WorkspaceSpec)> {
+    let given = [
+        ("runtime", body.runtime.is_some()),
+        ("command", body.command.is_some()),
+        ("env", body.env.is_some()),
+        ("dir", body.dir.is_some()),
+        ("git", body.git.is_some()),
+        ("image", body.image.is_some()),
+        ("limits", body.limits.is_some()),
+        ("sandbox", body.sandbox.is_some()),
+        ("network", body.network.is_some()),
+        ("run_as_root", body.run_as_root.is_some()),
+        ("read_only_root", body.read_only_root.is_some()),
+    ];
+    if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
+        return Err(ApiError::validation(
+            field,
+            format!(
+                "{field} comes from the pool {pool}'s template: leave it out, or leave out pool"
+            ),
+        ));
+    }
+    let template = WorkspaceName::parse(pool)
+        .ok()
+        .and_then(|name| state.engine.pool_template(&name))
+        .ok_or_else(|| ApiError::validation("pool", format!("there is no pool named {pool:?}")))?;
+    Ok((template.runtime, template.spec))
+}
+
 fn request_hash(body: &CreateRequest) -> String {
     // serde_json writes struct fields in declaration order and maps sorted: canonical.
     let bytes = serde_json::to_vec(body).unwrap_or_default();
@@ -85,34 +156,9 @@ pub async fn create_workspace(
     });
     let name = WorkspaceName::parse(&body.name)
         .map_err(|e| ApiError::validation("name", e.to_string()))?;
-    let runtime = RuntimeKind::parse(body.runtime.as_deref().unwrap_or("tmux"))
-        .map_err(|e| ApiError::validation("runtime", e.to_string()))?;
-    let spec = WorkspaceSpec {
-        command: body.command.clone().unwrap_or_default(),
-        env: body.env.clone().unwrap_or_default(),
-        dir: body.dir.clone(),
-        git: body.git.as_ref().map(|g| GitSource {
-            repo: g.repo.clone(),
-            reference: g.reference.clone(),
-        }),
-        image: body.image.clone(),
-        limits: body.limits.as_ref().map(|l| Limits {
-            memory_bytes: l.memory_bytes,
-            millicpus: l.millicpus,
-            pids: l.pids,
-        }),
-        sandbox: body
-            .sandbox
-            .as_deref()
-            .map(|s| {
-                Sandbox::parse(s).ok_or_else(|| {
-                    ApiError::validation("sandbox", "sandbox is none, landlock or auto")
-                })
-            })
-            .transpose()?,
-        network: body.network,
-        run_as_root: body.run_as_root.unwrap_or(false),
-        read_only_root: body.read_only_root.unwrap_or(false),
+    let (runtime, spec) = match &body.pool {
+        Some(pool) => from_pool(&state, &body, pool)?,
+        None => (runtime_of(body.runtime.as_deref())?, spec_of(&body)?),
     };
     let request = CreateWorkspace {
         name,

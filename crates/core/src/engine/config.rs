@@ -28,6 +28,9 @@ pub struct EngineConfig {
     pub runtime_call_timeout: Duration,
     /// How many transitional workspaces boot recovery finishes at once.
     pub recovery_concurrency: usize,
+    /// The most unclaimed members all warm pools may ask for together (the sum of
+    /// their sizes).
+    pub pool_capacity: u32,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
             api_url: "http://127.0.0.1:7421".to_owned(),
             runtime_call_timeout: Duration::from_secs(15),
             recovery_concurrency: 64,
+            pool_capacity: 256,
         }
     }
 }

@@ -43,10 +43,11 @@ impl PoolStatus {
 pub struct PoolsReport {
     /// Members created.
     pub created: usize,
-    /// Members whose start was requested (new ones, and stopped ones of a started pool).
+    /// Members whose start was requested (new ones, and stopped or failed ones of a
+    /// started pool).
     pub started: usize,
-    /// Members whose delete was requested: surplus, failed, of another template, or of
-    /// a pool that no longer exists.
+    /// Members whose delete was requested: surplus, of another template, or of a pool
+    /// that no longer exists.
     pub drained: usize,
     /// Requests that failed (logged; the next pass tries again).
     pub errors: usize,
@@ -133,6 +134,17 @@ impl Engine {
             })
     }
 
+    /// The pool `name` as this engine last read it (a create from a pool takes its
+    /// template; another daemon's change shows here after its next pool pass).
+    pub fn pool_template(&self, name: &WorkspaceName) -> Option<Pool> {
+        self.inner
+            .pools
+            .read()
+            .iter()
+            .find(|p| &p.name == name)
+            .cloned()
+    }
+
     fn validate_pool(&self, pool: &Pool) -> Result<(), EngineError> {
         let invalid = |field: &str, message: String| EngineError::Validation {
             field: field.into(),
@@ -151,6 +163,24 @@ impl Engine {
             return Err(invalid(
                 "size",
                 format!("a pool keeps at most {} members", Pool::MAX_SIZE),
+            ));
+        }
+        let others: u64 = self
+            .inner
+            .pools
+            .read()
+            .iter()
+            .filter(|p| p.name != pool.name)
+            .map(|p| u64::from(p.size))
+            .sum();
+        let capacity = self.inner.config.pool_capacity;
+        if others + u64::from(pool.size) > u64::from(capacity) {
+            return Err(invalid(
+                "size",
+                format!(
+                    "the pools of this daemon keep at most {capacity} members in all and the others ask for {others}; \
+                     shrink one, or raise the daemon's pool capacity (--pool-capacity)"
+                ),
             ));
         }
         if pool.spec.dir.is_some() {
@@ -283,8 +313,8 @@ impl Engine {
     }
 
     /// One pool pass: reads the pools, then for each keeps exactly `size` unclaimed
-    /// members of its template (creating, starting, and deleting surplus, failed and
-    /// outdated members), and deletes the members of removed pools. Runs in the
+    /// members of its template (creating, starting, and deleting surplus and outdated
+    /// members), and deletes the members of removed pools. Runs in the
     /// background after each claim, each pool change and each reconcile period; call
     /// it directly when the engine has no background loops.
     ///
@@ -304,7 +334,7 @@ impl Engine {
             let current = pools
                 .iter()
                 .find(|p| p.name == name && p.runtime == m.runtime && p.spec == m.spec);
-            if current.is_none() || m.state == State::Failed {
+            if current.is_none() {
                 self.pool_request(&m, &name, OpKind::Delete, &mut report)
                     .await;
                 report.drained += 1;
@@ -326,8 +356,14 @@ impl Engine {
                 }
                 continue;
             }
+            // A member that stopped or failed is started again (once per pass, so a
+            // template that cannot start retries each period instead of churning
+            // through new members).
             if pool.start {
-                for m in members.iter().filter(|m| m.state == State::Stopped) {
+                for m in members
+                    .iter()
+                    .filter(|m| matches!(m.state, State::Stopped | State::Failed))
+                {
                     if self.pending(&m.id).is_idle() {
                         self.pool_request(m, &pool.name, OpKind::Start, &mut report)
                             .await;

@@ -374,6 +374,50 @@ async fn a_pool_the_engine_cannot_honour_is_refused_and_nothing_is_stored() {
     assert!(rig.store.pools().await.unwrap().is_empty());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_member_that_cannot_start_is_retried_in_place_never_replaced_by_more() {
+    let rig = Rig::new().await;
+    rig.engine.set_pool(pool("py", 1, true)).await.unwrap();
+    for _ in 0..3 {
+        rig.rt.plan(
+            FakeCall::Launch,
+            Plan::Fail(berth_core::ports::RuntimeError::Other {
+                resource: "image".into(),
+                message: "no such image".into(),
+            }),
+        );
+    }
+    for _ in 0..3 {
+        let report = rig.engine.pools_once().await.unwrap();
+        wait_idle(&rig).await;
+        assert_eq!(report.drained, 0, "{report:?}");
+    }
+    assert_eq!(rig.store.all_workspaces().len(), 1, "one member, retried");
+    assert_eq!(members(&rig.engine, "py").await[0].state, State::Failed);
+    // The fourth start works: the same member becomes ready.
+    settle(&rig).await;
+    let now = members(&rig.engine, "py").await;
+    assert_eq!((now.len(), now[0].state), (1, State::Running));
+    assert_eq!(rig.store.all_workspaces().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pools_together_stay_within_the_engine_capacity() {
+    let mut cfg = crate::support::config();
+    cfg.pool_capacity = 4;
+    let rig = Rig::with(cfg).await;
+    rig.engine.set_pool(pool("a", 3, true)).await.unwrap();
+    let refused = rig.engine.set_pool(pool("b", 2, true)).await;
+    assert!(
+        matches!(&refused, Err(berth_core::engine::EngineError::Validation { field, .. }) if field == "size"),
+        "{refused:?}"
+    );
+    rig.engine.set_pool(pool("b", 1, true)).await.unwrap();
+    // Resizing a pool counts its own old size out.
+    rig.engine.set_pool(pool("a", 2, true)).await.unwrap();
+    assert_eq!(rig.store.pools().await.unwrap().len(), 2);
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Claim,
