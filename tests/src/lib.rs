@@ -544,3 +544,52 @@ pub async fn get_over(socket: &Path, path: &str, token: &str) -> String {
     s.read_to_string(&mut out).await.expect("read");
     out
 }
+
+/// Removes every container and volume of one daemon's engine when dropped (even on
+/// failure): what a test's pool may still be making. Name the engine with
+/// [`EngineCleanup::learn`] from any of its workspaces.
+#[derive(Debug, Default)]
+pub struct EngineCleanup(std::cell::RefCell<Option<String>>);
+
+impl EngineCleanup {
+    /// Learns the engine from the container of workspace `ws`.
+    pub fn learn(&self, ws: &str) {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=dev.berth.workspace={ws}"),
+                "--format",
+                "{{.Label \"dev.berth.engine\"}}",
+            ])
+            .output()
+            .expect("docker");
+        let engine = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !engine.is_empty() {
+            *self.0.borrow_mut() = Some(engine);
+        }
+    }
+}
+
+impl Drop for EngineCleanup {
+    fn drop(&mut self) {
+        let Some(engine) = self.0.borrow().clone() else {
+            return;
+        };
+        let filter = format!("label=dev.berth.engine={engine}");
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
+            docker(&["rm", "-f", "-v", id]);
+        }
+        for v in docker(&["volume", "ls", "-q", "--filter", &filter]).lines() {
+            docker(&["volume", "rm", "-f", v]);
+        }
+    }
+}

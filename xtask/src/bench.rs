@@ -107,6 +107,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             if wanted("P10") {
                 rows.push(crate::bench_pg::p10(root, &bin, quick).await);
             }
+            if wanted("P11") {
+                rows.push(crate::bench_pool::p11(root, &bin, quick).await);
+            }
             rows
         })
         .into_iter()

@@ -7,6 +7,7 @@
 mod bench;
 mod bench_api;
 mod bench_pg;
+mod bench_pool;
 mod chaos;
 mod fuzz;
 mod tidy;

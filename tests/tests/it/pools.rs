@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
-use berth_tests::{Daemon, DockerCleanup, containers_of, docker_test_image, get_over};
+use berth_tests::{Daemon, EngineCleanup, containers_of, docker_test_image, get_over};
 use serde_json::{Value, json};
 
 /// Waits until `GET /v1/pools/{name}` shows `ready` ready members.
@@ -41,6 +41,8 @@ async fn a_claimed_docker_member_answers_self_with_a_token_it_first_saw_at_its_c
     ) else {
         return;
     };
+    // Declared before the daemon: dropped after it, it removes whatever the pool made.
+    let cleanup = EngineCleanup::default();
     let mut d = Daemon::start(&["--docker-image", &image, "--reconcile-period", "1s"])
         .await
         .expect("daemon");
@@ -53,7 +55,7 @@ async fn a_claimed_docker_member_answers_self_with_a_token_it_first_saw_at_its_c
     assert_eq!(s, 200, "{v}");
     let pool = ready(&d, "warm", 2).await;
     let members = member_ids(&pool);
-    let _cleanup: Vec<DockerCleanup> = members.iter().cloned().map(DockerCleanup).collect();
+    cleanup.learn(&members[0]);
     // A member holds no token: its environment names the file it will come in.
     for id in &members {
         let env = docker_env(id);
@@ -130,7 +132,6 @@ async fn a_claimed_docker_member_answers_self_with_a_token_it_first_saw_at_its_c
     let pool = ready(&d, "warm", 2).await;
     let mut now = member_ids(&pool);
     assert!(!now.contains(&id));
-    let _more: Vec<DockerCleanup> = now.iter().cloned().map(DockerCleanup).collect();
     let (s, v) = d
         .post(
             "/v1/workspaces",
@@ -142,7 +143,6 @@ async fn a_claimed_docker_member_answers_self_with_a_token_it_first_saw_at_its_c
     assert!(now.contains(&second), "{v}");
     let pool = ready(&d, "warm", 2).await;
     now = member_ids(&pool);
-    let _refilled: Vec<DockerCleanup> = now.iter().cloned().map(DockerCleanup).collect();
 
     // A daemon restart keeps the pool and its members, running.
     d.restart().await.expect("restart");
