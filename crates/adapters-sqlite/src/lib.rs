@@ -1270,6 +1270,23 @@ impl Store for SqliteStore {
         bodies.iter().map(|b| from_json(b)).collect()
     }
 
+    async fn workspaces_with_sessions(&self) -> Result<Vec<WorkspaceId>, StoreError> {
+        let ids: Vec<String> = self
+            .read(
+                "sessions",
+                sqlx::query_scalar("SELECT DISTINCT workspace_id FROM sessions")
+                    .fetch_all(&self.reader),
+            )
+            .await?;
+        ids.iter()
+            .map(|id| {
+                WorkspaceId::parse(id).map_err(|e| StoreError::Unavailable {
+                    message: format!("stored workspace id is invalid: {e}"),
+                })
+            })
+            .collect()
+    }
+
     async fn token_owner(
         &self,
         hash: &TokenHash,

@@ -137,6 +137,17 @@ impl Engine {
                 return report;
             }
         };
+        // Which workspaces have session rows, read once after the epochs were taken: a
+        // workspace acted on below has an epoch that did not move since, so no session
+        // of it was launched or forgotten after this read. On an error each workspace's
+        // rows are read instead.
+        let with_sessions: Option<HashSet<WorkspaceId>> = self
+            .inner
+            .store
+            .workspaces_with_sessions()
+            .await
+            .ok()
+            .map(|ids| ids.into_iter().collect());
         let by_id: HashMap<_, _> = workspaces.iter().map(|w| (w.id.clone(), w)).collect();
         let mut per_ws: HashMap<WorkspaceId, Vec<OwnedResource>> = HashMap::new();
         for r in list {
@@ -154,7 +165,8 @@ impl Engine {
             match by_id.get(&id) {
                 Some(ws) => {
                     let before = epochs.get(&id).copied().unwrap_or(0);
-                    self.reconcile_workspace(ws, resources, before, &mut report)
+                    let sessions = with_sessions.as_ref().map(|s| s.contains(&id));
+                    self.reconcile_workspace(ws, resources, before, sessions, &mut report)
                         .await;
                 }
                 // No row (or another runtime's row): every resource is an orphan.
@@ -196,6 +208,7 @@ impl Engine {
         listed: &Workspace,
         resources: Vec<OwnedResource>,
         epoch_before: u64,
+        has_session_rows: Option<bool>,
         report: &mut ReconcileReport,
     ) {
         let gate = self.inner.gates.get(&listed.id);
@@ -299,6 +312,13 @@ impl Engine {
             .iter()
             .any(|r| matches!(r.kind, ResourceKind::Session { .. }));
         if gate.read().no_sessions && !listed_sessions {
+            return;
+        }
+        // The pass's one read says this workspace has no session rows.
+        if has_session_rows == Some(false) && !listed_sessions {
+            if settled() {
+                gate.update(|st| st.no_sessions = true);
+            }
             return;
         }
         // One read of the session rows, acted on only if no launch moved meanwhile.

@@ -258,6 +258,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A workspace's sessions, by name.
     async fn sessions(&self, workspace_id: &WorkspaceId) -> Result<Vec<Session>, StoreError>;
 
+    /// Every workspace that has at least one session row (one read, so a reconcile
+    /// pass need not read each workspace's sessions).
+    async fn workspaces_with_sessions(&self) -> Result<Vec<WorkspaceId>, StoreError>;
+
     /// The workspace and incarnation a token hash was minted for. MUST return
     /// `Ok(None)` for an unknown hash or a deleted workspace.
     async fn token_owner(

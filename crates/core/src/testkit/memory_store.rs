@@ -48,6 +48,7 @@ pub struct MemoryStore {
     /// Time each write takes to be acknowledged, after it landed.
     write_latency: parking_lot::Mutex<std::time::Duration>,
     breakpoints: super::Breakpoints,
+    session_reads: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
@@ -90,6 +91,11 @@ impl MemoryStore {
     /// before it returns it (a read that fetched, then lost the CPU);
     /// `store.delete_session` by `delete_session` before it deletes (a caller that
     /// decided on old information).
+    /// How many times one workspace's session rows were read ([`Store::sessions`]).
+    pub fn session_reads(&self) -> u64 {
+        self.session_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn breakpoints(&self) -> &super::Breakpoints {
         &self.breakpoints
     }
@@ -509,6 +515,8 @@ impl Store for MemoryStore {
     }
 
     async fn sessions(&self, workspace_id: &WorkspaceId) -> Result<Vec<Session>, StoreError> {
+        self.session_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mem = self.mem.lock();
         open(&mem)?;
         Ok(mem
@@ -517,6 +525,14 @@ impl Store for MemoryStore {
             .filter(|((ws, _), _)| ws == workspace_id)
             .map(|(_, s)| s.clone())
             .collect())
+    }
+
+    async fn workspaces_with_sessions(&self) -> Result<Vec<WorkspaceId>, StoreError> {
+        let mem = self.mem.lock();
+        open(&mem)?;
+        let mut ids: Vec<WorkspaceId> = mem.sessions.keys().map(|(ws, _)| ws.clone()).collect();
+        ids.dedup();
+        Ok(ids)
     }
 
     async fn token_owner(

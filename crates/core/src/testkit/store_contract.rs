@@ -596,10 +596,37 @@ async fn sessions_are_fenced_by_generation(s: Arc<dyn Store>) {
         "another generation MUST NOT be deleted"
     );
     assert_eq!(s.sessions(&a.id).await.expect("sessions").len(), 1);
+    let b = workspace("beta", 1);
+    s.create_workspace(&b, &event(&b, None, Some(State::Stopped), Cause::Created))
+        .await
+        .expect("create");
+    let helper = s
+        .insert_session(&NewSession {
+            name: SessionName::parse("helper").expect("valid"),
+            ..new.clone()
+        })
+        .await
+        .expect("a second session");
+    assert_eq!(
+        s.workspaces_with_sessions().await.expect("with sessions"),
+        vec![a.id.clone()],
+        "exactly the workspaces with session rows, once each"
+    );
+    assert!(
+        s.delete_session(&a.id, &helper.name, helper.generation)
+            .await
+            .expect("delete")
+    );
     assert!(
         s.delete_session(&a.id, &name, first.generation)
             .await
             .expect("delete")
+    );
+    assert!(
+        s.workspaces_with_sessions()
+            .await
+            .expect("with sessions")
+            .is_empty()
     );
     let second = s.insert_session(&new).await.expect("re-create");
     assert!(

@@ -175,6 +175,9 @@ impl Store for JournalStore {
     async fn sessions(&self, w: &WorkspaceId) -> Result<Vec<Session>, StoreError> {
         self.inner.sessions(w).await
     }
+    async fn workspaces_with_sessions(&self) -> Result<Vec<WorkspaceId>, StoreError> {
+        self.inner.workspaces_with_sessions().await
+    }
     async fn token_owner(
         &self,
         h: &TokenHash,

@@ -224,3 +224,37 @@ impl StopForTest for berth_core::testkit::FakeRuntime {
             .unwrap();
     }
 }
+
+/// P6's boot: a fresh engine knows nothing of its workspaces' sessions. A pass reads
+/// which workspaces have session rows once, and each workspace's rows only for those.
+#[tokio::test(start_paused = true)]
+async fn a_fresh_engine_reads_session_rows_only_of_workspaces_that_have_them() {
+    let rig = Rig::new().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(rig.running(&format!("w{i}")).await.id);
+    }
+    rig.engine
+        .launch_session(
+            &ids[0],
+            berth_core::ids::SessionName::parse("agent").unwrap(),
+            vec!["agent".into()],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    rig.engine.shutdown().await;
+    let before = rig.store.session_reads();
+    // Boot recovery runs one pass; then one more.
+    let rig = rig.restart_engine().await;
+    let report = rig.engine.reconcile().await;
+    assert_eq!(
+        rig.store.session_reads() - before,
+        2,
+        "one read per pass, of the one workspace with a session: {report:?}"
+    );
+    assert_eq!(rig.engine.sessions(&ids[0]).await.unwrap().len(), 1);
+    for id in &ids {
+        assert_eq!(rig.engine.workspace(id).await.unwrap().state, State::Running);
+    }
+}
