@@ -429,20 +429,24 @@ pub struct DockerCleanup(pub String);
 
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
-        let filter = format!("label=dev.berth.workspace={}", self.0);
-        let docker = |args: &[&str]| {
-            std::process::Command::new("docker")
-                .args(args)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        };
-        for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
-            docker(&["rm", "-f", id]);
-        }
-        for v in docker(&["volume", "ls", "-q", "--filter", &filter]).lines() {
-            docker(&["volume", "rm", "-f", v]);
-        }
+        remove_labelled(&format!("label=dev.berth.workspace={}", self.0));
+    }
+}
+
+/// Removes every container and volume that `filter` (`label=…`) selects.
+fn remove_labelled(filter: &str) {
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for id in docker(&["ps", "-aq", "--filter", filter]).lines() {
+        docker(&["rm", "-f", "-v", id]);
+    }
+    for v in docker(&["volume", "ls", "-q", "--filter", filter]).lines() {
+        docker(&["volume", "rm", "-f", v]);
     }
 }
 
@@ -574,22 +578,8 @@ impl EngineCleanup {
 
 impl Drop for EngineCleanup {
     fn drop(&mut self) {
-        let Some(engine) = self.0.borrow().clone() else {
-            return;
-        };
-        let filter = format!("label=dev.berth.engine={engine}");
-        let docker = |args: &[&str]| {
-            std::process::Command::new("docker")
-                .args(args)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        };
-        for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
-            docker(&["rm", "-f", "-v", id]);
-        }
-        for v in docker(&["volume", "ls", "-q", "--filter", &filter]).lines() {
-            docker(&["volume", "rm", "-f", v]);
+        if let Some(engine) = self.0.borrow().clone() {
+            remove_labelled(&format!("label=dev.berth.engine={engine}"));
         }
     }
 }

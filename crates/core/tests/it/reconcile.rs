@@ -255,6 +255,9 @@ async fn a_fresh_engine_reads_session_rows_only_of_workspaces_that_have_them() {
     );
     assert_eq!(rig.engine.sessions(&ids[0]).await.unwrap().len(), 1);
     for id in &ids {
-        assert_eq!(rig.engine.workspace(id).await.unwrap().state, State::Running);
+        assert_eq!(
+            rig.engine.workspace(id).await.unwrap().state,
+            State::Running
+        );
     }
 }
