@@ -33,6 +33,12 @@ impl Engine {
         env: BTreeMap<String, String>,
     ) -> Result<Session, EngineError> {
         self.refuse_if_stopping()?;
+        if command.first().is_none_or(String::is_empty) {
+            return Err(EngineError::Validation {
+                field: "command".into(),
+                message: "the command needs a program (a non-empty first argument)".into(),
+            });
+        }
         if command.iter().any(|a| a.contains('\0')) {
             return Err(EngineError::Validation {
                 field: "command".into(),

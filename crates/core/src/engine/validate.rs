@@ -13,6 +13,12 @@ pub(crate) fn validate_spec(request: &CreateWorkspace) -> Result<(), EngineError
         })
     };
     let spec = &request.spec;
+    if spec.command.first().is_some_and(String::is_empty) {
+        return bad(
+            "command",
+            "the program (the first argument) must not be empty",
+        );
+    }
     if spec.command.iter().any(|a| a.contains('\0')) {
         return bad("command", "arguments must not contain NUL bytes");
     }

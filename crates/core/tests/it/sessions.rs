@@ -384,3 +384,40 @@ async fn output_of_a_workspace_without_a_process_is_an_empty_page() {
     );
     rig.finish().await;
 }
+
+/// schemathesis (ST201): a session whose program is "" was launched; it is refused,
+/// naming `command`, and so is a workspace's.
+#[tokio::test(start_paused = true)]
+async fn an_empty_program_is_refused_naming_the_command() {
+    let rig = crate::support::Rig::new().await;
+    let ws = rig.running("empty").await;
+    let launched = rig
+        .engine
+        .launch_session(
+            &ws.id,
+            berth_core::ids::SessionName::parse("x").unwrap(),
+            vec![String::new(), "arg".into()],
+            Default::default(),
+        )
+        .await;
+    assert!(
+        matches!(&launched, Err(berth_core::engine::EngineError::Validation { field, .. }) if field == "command"),
+        "{launched:?}"
+    );
+    let created = rig
+        .engine
+        .create(berth_core::model::CreateWorkspace {
+            name: berth_core::ids::WorkspaceName::parse("blank").unwrap(),
+            runtime: berth_core::ids::RuntimeKind::parse("fake").unwrap(),
+            spec: berth_core::model::WorkspaceSpec {
+                command: vec![String::new()],
+                ..Default::default()
+            },
+            actor: berth_core::model::Actor::Api,
+        })
+        .await;
+    assert!(
+        matches!(&created, Err(berth_core::engine::EngineError::Validation { field, .. }) if field == "command"),
+        "{created:?}"
+    );
+}
