@@ -94,10 +94,15 @@ async fn a_pool_fills_to_its_size_and_passes_never_add_beyond_it() {
             "a pass counts members being started: {again:?}"
         );
     }
-    // Two passes at once never both fill.
+    // Two passes at once never both fill: a second pool, writes that take a moment (so
+    // the passes would interleave), and together they create its size, no more.
+    rig.store.set_write_latency(Duration::from_millis(1));
+    rig.engine.set_pool(pool("go", 2, true)).await.unwrap();
     let (a, b) = tokio::join!(rig.engine.pools_once(), rig.engine.pools_once());
-    assert_eq!(a.unwrap().created + b.unwrap().created, 0);
+    assert_eq!(a.unwrap().created + b.unwrap().created, 2);
+    rig.store.set_write_latency(Duration::ZERO);
     settle(&rig).await;
+    assert_eq!(members(&rig.engine, "go").await.len(), 2);
     let warm = members(&rig.engine, "py").await;
     assert_eq!(warm.len(), 3);
     assert!(warm.iter().all(|m| m.state == State::Running), "{warm:?}");
@@ -113,7 +118,7 @@ async fn a_pool_fills_to_its_size_and_passes_never_add_beyond_it() {
             launch.env.keys()
         );
     }
-    assert_eq!(rig.store.all_workspaces().len(), 3);
+    assert_eq!(rig.store.all_workspaces().len(), 5);
 }
 
 #[tokio::test(start_paused = true)]
