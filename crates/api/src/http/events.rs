@@ -11,13 +11,13 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use berth_core::model::Event;
 use futures_util::Stream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::dto::{EventPage, EventView, EventsQuery};
 use super::error::{ApiError, ErrorBody, QueryParams};
+use super::hub::LiveEvent;
 use super::state::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -88,10 +88,11 @@ pub async fn events(
 
 struct Feed {
     engine: berth_core::Engine,
-    live: broadcast::Receiver<Arc<Event>>,
+    live: broadcast::Receiver<Arc<LiveEvent>>,
     cursor: u64,
     workspace: Option<berth_core::ids::WorkspaceId>,
-    backlog: VecDeque<Event>,
+    /// Rendered events to send, in `seq` order (live ones shared with every subscriber).
+    backlog: VecDeque<Arc<LiveEvent>>,
     /// Reading the store (at first, and after lagging behind the live feed).
     replaying: bool,
     closing: CancellationToken,
@@ -109,8 +110,7 @@ impl Feed {
         loop {
             if let Some(e) = self.backlog.pop_front() {
                 self.cursor = e.seq;
-                let data = serde_json::to_string(&EventView::from(&e)).ok()?;
-                return Some(SseEvent::default().id(e.seq.to_string()).data(data));
+                return Some(SseEvent::default().id(e.seq.to_string()).data(&e.data));
             }
             if self.replaying {
                 let page = tokio::select! {
@@ -118,16 +118,17 @@ impl Feed {
                     () = self.closing.cancelled() => return None,
                 };
                 self.replaying = page.len() == 500;
-                self.backlog.extend(page);
+                self.backlog
+                    .extend(page.iter().filter_map(LiveEvent::render).map(Arc::new));
                 continue;
             }
             tokio::select! {
                 () = self.closing.cancelled() => return None,
                 r = self.live.recv() => match r {
                     Ok(e) => {
-                        let wanted = self.workspace.as_ref().is_none_or(|w| *w == e.event.workspace_id);
+                        let wanted = self.workspace.as_ref().is_none_or(|w| *w == e.workspace_id);
                         if e.seq > self.cursor && wanted {
-                            self.backlog.push_back((*e).clone());
+                            self.backlog.push_back(e);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.replaying = true,

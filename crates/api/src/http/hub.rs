@@ -24,11 +24,32 @@ use tokio_util::task::TaskTracker;
 /// How many events the pump reads per store call.
 const PAGE: usize = 1000;
 
+/// An event with its JSON (the SSE `data` line), rendered once by the pump for every
+/// subscriber: with thousands of subscribers, rendering it per subscriber was most of
+/// the fan-out's cost.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub seq: u64,
+    pub workspace_id: berth_core::ids::WorkspaceId,
+    pub data: String,
+}
+
+impl LiveEvent {
+    /// Renders `e`; `None` only if it cannot be serialised (never for a stored event).
+    pub fn render(e: &Event) -> Option<Self> {
+        Some(Self {
+            seq: e.seq,
+            workspace_id: e.event.workspace_id.clone(),
+            data: serde_json::to_string(&super::dto::EventView::from(e)).ok()?,
+        })
+    }
+}
+
 /// Wakes the pump; installed as a reporter sink.
 #[derive(Debug)]
 pub struct EventHub {
     wake: Notify,
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
 }
 
 impl Default for EventHub {
@@ -53,7 +74,7 @@ impl EventHub {
     }
 
     /// A receiver of every event in `seq` order (after it subscribed).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.live.subscribe()
     }
 
@@ -77,8 +98,12 @@ impl EventHub {
                             let full = page.len() == PAGE;
                             for e in page {
                                 cursor = e.seq;
+                                let Some(live) = LiveEvent::render(&e) else {
+                                    tracing::error!(seq = e.seq, "an event could not be rendered as JSON; subscribers skip it");
+                                    continue;
+                                };
                                 // No subscriber is fine.
-                                let _ = hub.live.send(Arc::new(e));
+                                let _ = hub.live.send(Arc::new(live));
                             }
                             if !full {
                                 break;
