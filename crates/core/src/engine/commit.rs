@@ -263,7 +263,7 @@ impl Engine {
         gate: &Gate,
         ws: &mut Workspace,
         op: &mut Operation,
-    ) {
+    ) -> Result<(), EngineError> {
         let now = self.inner.clock.now();
         op.status = OpStatus::Interrupted;
         op.finished_at = Some(now);
@@ -291,12 +291,17 @@ impl Engine {
         let bound = self.inner.config.final_flush_timeout;
         let write = self.write(gate, ws, next, event, None, vec![op.clone()]);
         match tokio::time::timeout(bound, write).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                tracing::warn!(op = %op.id, error = %e, "could not record the interruption")
+                tracing::warn!(op = %op.id, error = %e, "could not record the interruption");
+                Err(e)
             }
             Err(_) => {
                 tracing::warn!(op = %op.id, "recording the interruption timed out");
+                Err(EngineError::Internal(format!(
+                    "recording the interruption of op {} timed out",
+                    op.id
+                )))
             }
         }
     }

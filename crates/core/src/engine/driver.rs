@@ -16,9 +16,9 @@ use crate::merge::OpKind;
 use crate::model::{OpError, OpStatus, Operation};
 use crate::ports::Report;
 
-use super::Engine;
 use super::gate::Gate;
 use super::ops::OpRun;
+use super::{Engine, EngineError};
 
 impl Engine {
     pub(crate) fn spawn_driver(&self, gate: Arc<Gate>) -> bool {
@@ -31,13 +31,19 @@ impl Engine {
             // Nothing in flight: this driver leaves, and says so in the same update, so
             // a request that finds the gate idle from here on spawns the next driver.
             let current = gate.update(|st| match st.slot.in_flight.as_ref() {
-                Some(p) => Some((p.op.clone(), p.cancel.clone(), p.deadline, p.preflighted)),
+                Some(p) => Some((
+                    p.op.clone(),
+                    p.cancel.clone(),
+                    p.deadline,
+                    p.preflighted,
+                    p.record.clone(),
+                )),
                 None => {
                     st.driving = false;
                     None
                 }
             });
-            let Some((op, cancel, deadline, preflighted)) = current else {
+            let Some((op, cancel, deadline, preflighted, record)) = current else {
                 return;
             };
             let mut done = if self.inner.ops_token.is_cancelled() {
@@ -46,7 +52,7 @@ impl Engine {
                     ErrorCode::Interrupted,
                     "the engine shut down before this op ran; recovery finishes the workspace",
                 );
-                self.end_op(&mut op, OpStatus::Interrupted, None, Some(e))
+                self.end_op(&mut op, &record, OpStatus::Interrupted, None, Some(e))
                     .await;
                 op
             } else {
@@ -59,6 +65,7 @@ impl Engine {
                     deadline,
                     preflighted,
                     final_written: false,
+                    record: record.clone(),
                 };
                 let caught = AssertUnwindSafe(run.run()).catch_unwind().await;
                 if let Err(panic) = caught {
@@ -73,11 +80,17 @@ impl Engine {
                         ErrorCode::Internal,
                         "internal error in the op driver; the daemon's log has the cause",
                     );
-                    self.end_op(&mut run.op, OpStatus::Failed, None, Some(e))
+                    self.end_op(&mut run.op, &record, OpStatus::Failed, None, Some(e))
                         .await;
                 }
                 run.op
             };
+            // Every path above wrote the op; should one not have, its requests must not
+            // wait for ever.
+            record.settle(Err(EngineError::Internal(format!(
+                "op {} ended without a record",
+                done.id
+            ))));
             gate.bump();
             // Joins and preemption happen under the intake lock: hold it while the op's
             // final record is fixed and the queued op takes its place.

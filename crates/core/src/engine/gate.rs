@@ -26,6 +26,67 @@ use crate::model::{Operation, Session, Workspace};
 
 use super::EngineError;
 
+/// Whether an op's row is durable. An op that runs at once is not inserted at intake:
+/// its row goes out with its first write (one write fewer per op), and the request that
+/// created it, and every request that joined it, is answered only once that write is
+/// durable, so an acknowledged op is always on record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Recording {
+    /// Not written yet.
+    Pending,
+    /// On record.
+    Durable,
+    /// Its first write failed: the requests that wait for it get this error.
+    Failed(EngineError),
+}
+
+/// The shared handle of an op's [`Recording`].
+#[derive(Debug, Clone)]
+pub(crate) struct Record(Arc<watch::Sender<Recording>>);
+
+impl Record {
+    /// An op already on record (inserted at intake).
+    pub(crate) fn durable() -> Self {
+        Self(Arc::new(watch::channel(Recording::Durable).0))
+    }
+
+    /// An op whose row goes out with its first write.
+    pub(crate) fn pending() -> Self {
+        Self(Arc::new(watch::channel(Recording::Pending).0))
+    }
+
+    pub(crate) fn is_durable(&self) -> bool {
+        *self.0.borrow() == Recording::Durable
+    }
+
+    /// Settles the recording with a write's outcome: a durable row stays durable.
+    pub(crate) fn settle(&self, written: Result<(), EngineError>) {
+        self.0.send_if_modified(|r| match (&*r, written) {
+            (Recording::Durable, _) => false,
+            (_, Ok(())) => {
+                *r = Recording::Durable;
+                true
+            }
+            (Recording::Pending, Err(e)) => {
+                *r = Recording::Failed(e);
+                true
+            }
+            (Recording::Failed(_), Err(_)) => false,
+        });
+    }
+
+    /// Waits until the op is on record (or its first write failed).
+    pub(crate) async fn wait(&self) -> Result<(), EngineError> {
+        let mut rx = self.0.subscribe();
+        let settled = rx.wait_for(|r| *r != Recording::Pending).await;
+        match settled.as_deref() {
+            Ok(Recording::Failed(e)) => Err(e.clone()),
+            Ok(_) => Ok(()),
+            Err(_) => Err(EngineError::ShuttingDown),
+        }
+    }
+}
+
 /// An op the gate holds, in flight or queued.
 #[derive(Debug)]
 pub(crate) struct PendingOp {
@@ -42,6 +103,8 @@ pub(crate) struct PendingOp {
     pub(crate) deadline: Option<Instant>,
     /// A delete whose preflight passed at intake does not check again.
     pub(crate) preflighted: bool,
+    /// Whether its row is on record yet.
+    pub(crate) record: Record,
 }
 
 impl PendingOp {
@@ -60,6 +123,7 @@ impl PendingOp {
             done,
             deadline: None,
             preflighted: false,
+            record: Record::durable(),
         }
     }
 }

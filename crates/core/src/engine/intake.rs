@@ -1,5 +1,7 @@
-//! Request intake: meeting op requests with the gate through [`merge`]: join, absorb, queue, replace, preempt or refuse,
-//! persisting a new op before anything can run it.
+//! Request intake: meeting op requests with the gate through [`merge`]: join, absorb, queue, replace, preempt or refuse.
+//! A queued op is persisted before anything can run it; an op that runs at once goes on
+//! record with its driver's first write, and its request is answered once that write is
+//! durable (see [`Recording`](super::gate::Recording)).
 //!
 //! A non-forced delete that would change other ops (preempt a start, replace a queued
 //! op) runs its preflight first, outside the intake lock: a refused delete changes
@@ -14,7 +16,7 @@ use crate::merge::{Decision, OpKind, Phase, Refusal, merge};
 use crate::model::{Actor, OpError, OpStatus, Operation, Workspace};
 use crate::state::State;
 
-use super::gate::{Gate, PendingOp};
+use super::gate::{Gate, PendingOp, Record};
 use super::{Engine, EngineError, OpTicket};
 
 impl Engine {
@@ -76,7 +78,7 @@ impl Engine {
                 preflighted = true;
                 continue;
             }
-            return self
+            let (ticket, record) = self
                 .apply_decision(
                     &gate,
                     &ws,
@@ -87,7 +89,15 @@ impl Engine {
                     deadline,
                     preflighted,
                 )
-                .await;
+                .await?;
+            // Wait for the op's record outside the intake lock: its driver may need a
+            // lock whose holder waits for this one (a pool claim holds the exec lock and
+            // then takes the intake lock).
+            drop(intake);
+            if let Some(record) = record {
+                record.wait().await?;
+            }
+            return Ok(ticket);
         }
     }
 
@@ -102,7 +112,7 @@ impl Engine {
         force: bool,
         deadline: Instant,
         preflighted: bool,
-    ) -> Result<OpTicket, EngineError> {
+    ) -> Result<(OpTicket, Option<Record>), EngineError> {
         let joined = |p: &mut PendingOp| {
             p.op.joined += 1;
             p.op.force |= force;
@@ -117,7 +127,19 @@ impl Engine {
                     workspace: ws.id.to_string(),
                 });
             }
-            Decision::JoinInFlight => gate.update(|st| st.slot.in_flight.as_mut().map(joined)),
+            Decision::JoinInFlight => {
+                // The op may not be on record yet: answer when it is.
+                let joined = gate.update(|st| {
+                    st.slot
+                        .in_flight
+                        .as_mut()
+                        .map(|p| (joined(p), p.record.clone()))
+                });
+                if let Some((ticket, record)) = joined {
+                    return Ok((ticket, Some(record)));
+                }
+                None
+            }
             Decision::JoinQueued => gate.update(|st| st.slot.queued.as_mut().map(joined)),
             Decision::Absorb => {
                 let absorbed = gate.update(|st| {
@@ -139,7 +161,7 @@ impl Engine {
             Decision::Run | Decision::Queue | Decision::ReplaceQueued | Decision::Preempt => None,
         };
         if let Some(ticket) = ticket {
-            return Ok(ticket);
+            return Ok((ticket, None));
         }
         let now = self.inner.clock.now();
         let runs = decision == Decision::Run;
@@ -164,9 +186,18 @@ impl Engine {
             error: None,
             superseded_by: None,
         };
-        self.inner.store.insert_op(&op).await?;
+        // An op that runs at once goes on record with its first write (the driver's),
+        // and this request is answered once that is durable; a queued op is inserted
+        // now, as nothing will write it before it runs.
+        if !runs {
+            self.inner.store.insert_op(&op).await?;
+        }
         let mut pending = PendingOp::new(op.clone(), self.inner.ops_token.child_token());
         pending.preflighted = preflighted;
+        if runs {
+            pending.record = Record::pending();
+        }
+        let record = pending.record.clone();
         let stop_side = matches!(kind, OpKind::Stop | OpKind::Delete);
         if stop_side && matches!(decision, Decision::Run | Decision::Preempt) {
             pending.deadline = Some(deadline);
@@ -204,9 +235,16 @@ impl Engine {
                 st.slot.in_flight.take()
             });
             if let Some(p) = p {
+                // Never written: nothing to record, and nothing ran.
+                p.record.settle(Err(EngineError::ShuttingDown));
                 let e = OpError::new(ErrorCode::ShuttingDown, "the engine is shutting down");
-                self.finish_unrun(gate, p, OpStatus::Failed, None, Some(e))
-                    .await;
+                self.finished(&p.done, {
+                    let mut op = p.op;
+                    op.status = OpStatus::Failed;
+                    op.error = Some(e);
+                    op.finished_at = Some(self.inner.clock.now());
+                    op
+                });
             }
             return Err(EngineError::ShuttingDown);
         }
@@ -214,7 +252,7 @@ impl Engine {
             self.finish_unrun(gate, old, OpStatus::Superseded, Some(op.id.clone()), None)
                 .await;
         }
-        Ok(ticket)
+        Ok((ticket, Some(record)))
     }
 
     /// A delete refused by its preflight at intake: recorded as a failed op, nothing

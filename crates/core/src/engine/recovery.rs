@@ -27,7 +27,7 @@ use crate::state::{FailureReason, LifecycleEvent, State};
 
 use super::commit::Note;
 use super::effects::{EffectError, Exec};
-use super::gate::{Gate, SessionsClosed};
+use super::gate::{Gate, Record, SessionsClosed};
 use super::reconcile::ReconcileReport;
 use super::{Engine, EngineError};
 
@@ -94,8 +94,14 @@ impl Engine {
                 ErrorCode::Interrupted,
                 "the engine stopped while this op was pending; boot recovery finished the workspace",
             );
-            self.end_op(&mut op, OpStatus::Interrupted, None, Some(e))
-                .await;
+            self.end_op(
+                &mut op,
+                &Record::durable(),
+                OpStatus::Interrupted,
+                None,
+                Some(e),
+            )
+            .await;
             report.ops_interrupted += 1;
         }
         // Workspaces are independent: finish them concurrently (bounded), so the
@@ -164,8 +170,14 @@ impl Engine {
                     ErrorCode::Interrupted,
                     "the daemon that ran this op stopped; the daemon that took the workspace over finished it",
                 );
-                self.end_op(&mut op, OpStatus::Interrupted, None, Some(e))
-                    .await;
+                self.end_op(
+                    &mut op,
+                    &Record::durable(),
+                    OpStatus::Interrupted,
+                    None,
+                    Some(e),
+                )
+                .await;
             }
         }
         drop(intake);

@@ -107,7 +107,8 @@ pub struct Commit {
     pub event: Option<NewEvent>,
     /// A token hash for `workspace.incarnation` (minted by a start).
     pub token: Option<TokenHash>,
-    /// Op rows to write in the same transaction.
+    /// Op rows to write in the same transaction, inserted or overwritten: an op that
+    /// runs at once is first written by its first commit.
     pub ops: Vec<Operation>,
     /// The writer's fence.
     pub fence: Fence,

@@ -49,6 +49,7 @@ pub struct MemoryStore {
     write_latency: parking_lot::Mutex<std::time::Duration>,
     breakpoints: super::Breakpoints,
     session_reads: std::sync::atomic::AtomicU64,
+    op_inserts: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
@@ -94,6 +95,11 @@ impl MemoryStore {
     /// How many times one workspace's session rows were read ([`Store::sessions`]).
     pub fn session_reads(&self) -> u64 {
         self.session_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many times [`Store::insert_op`] was called.
+    pub fn op_inserts(&self) -> u64 {
+        self.op_inserts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn breakpoints(&self) -> &super::Breakpoints {
@@ -175,6 +181,48 @@ fn write_ops(mem: &mut Mem, ops: &[Operation]) {
             mem.op_order.push(op.id.clone());
         }
         mem.ops.insert(op.id.clone(), op.clone());
+    }
+}
+
+impl MemoryStore {
+    /// [`Store::commit`]'s checks and writes, under the lock.
+    fn commit_now(&self, commit: &Commit) -> Result<Option<Event>, StoreError> {
+        let mut mem = self.mem.lock();
+        open(&mem)?;
+        let id = &commit.workspace.id;
+        fenced(&mem, id, commit.fence)?;
+        match mem.workspaces.get(id) {
+            None => {
+                return Err(StoreError::NotFound {
+                    what: format!("workspace {id}"),
+                });
+            }
+            Some(current)
+                if current.version != commit.expected_version
+                    || commit.workspace.version != commit.expected_version + 1 =>
+            {
+                return Err(StoreError::Conflict {
+                    what: format!("workspace {id}"),
+                });
+            }
+            Some(_) => {}
+        }
+        if mem
+            .workspaces
+            .values()
+            .any(|w| w.name == commit.workspace.name && w.id != *id)
+        {
+            return Err(StoreError::NameTaken {
+                name: commit.workspace.name.to_string(),
+            });
+        }
+        mem.workspaces.insert(id.clone(), commit.workspace.clone());
+        if let Some(hash) = &commit.token {
+            mem.tokens
+                .insert(hash.0, (id.clone(), commit.workspace.incarnation));
+        }
+        write_ops(&mut mem, &commit.ops);
+        Ok(commit.event.as_ref().map(|e| append(&mut mem, e)))
     }
 }
 
@@ -287,42 +335,9 @@ impl Store for MemoryStore {
         if let Some(e) = self.planned(Call::Commit(Some(commit.workspace.state))) {
             return Err(e);
         }
-        let mut mem = self.mem.lock();
-        open(&mem)?;
-        let id = &commit.workspace.id;
-        fenced(&mem, id, commit.fence)?;
-        match mem.workspaces.get(id) {
-            None => {
-                return Err(StoreError::NotFound {
-                    what: format!("workspace {id}"),
-                });
-            }
-            Some(current)
-                if current.version != commit.expected_version
-                    || commit.workspace.version != commit.expected_version + 1 =>
-            {
-                return Err(StoreError::Conflict {
-                    what: format!("workspace {id}"),
-                });
-            }
-            Some(_) => {}
-        }
-        if mem
-            .workspaces
-            .values()
-            .any(|w| w.name == commit.workspace.name && w.id != *id)
-        {
-            return Err(StoreError::NameTaken {
-                name: commit.workspace.name.to_string(),
-            });
-        }
-        mem.workspaces.insert(id.clone(), commit.workspace.clone());
-        if let Some(hash) = &commit.token {
-            mem.tokens
-                .insert(hash.0, (id.clone(), commit.workspace.incarnation));
-        }
-        write_ops(&mut mem, &commit.ops);
-        Ok(commit.event.as_ref().map(|e| append(&mut mem, e)))
+        let event = self.commit_now(commit)?;
+        self.acknowledge().await;
+        Ok(event)
     }
 
     async fn delete_workspace(
@@ -360,6 +375,8 @@ impl Store for MemoryStore {
     }
 
     async fn insert_op(&self, op: &Operation) -> Result<(), StoreError> {
+        self.op_inserts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         {
             let mut mem = self.mem.lock();
             open(&mem)?;

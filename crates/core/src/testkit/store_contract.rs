@@ -255,6 +255,7 @@ async fn commits_are_versioned_and_atomic(s: Arc<dyn Store>) {
         "ops in a commit MUST be written"
     );
     // Stale: expected version 1 again.
+    let unseen = op(&a, OpKind::Stop, OpStatus::Running);
     let stale = Commit {
         workspace: moved(&a, State::Failed),
         expected_version: 1,
@@ -265,7 +266,7 @@ async fn commits_are_versioned_and_atomic(s: Arc<dyn Store>) {
             Cause::StartFailed,
         )),
         token: None,
-        ops: vec![],
+        ops: vec![unseen.clone()],
         fence: Fence::default(),
     };
     match s.commit(&stale).await {
@@ -274,13 +275,35 @@ async fn commits_are_versioned_and_atomic(s: Arc<dyn Store>) {
     }
     assert_eq!(
         s.workspace(&a.id).await.expect("get"),
-        Some(next),
+        Some(next.clone()),
         "a stale commit MUST NOT change the row"
     );
     assert_eq!(
         s.last_event_seq().await.expect("seq"),
         2,
         "a stale commit MUST NOT append its event"
+    );
+    assert_eq!(
+        s.op(&unseen.id).await.expect("op"),
+        None,
+        "a stale commit MUST NOT write its ops"
+    );
+    // An op the store has not seen is written by the commit that carries it (the
+    // engine records an op that runs at once with its first commit).
+    s.commit(&Commit {
+        workspace: moved(&next, State::Running),
+        expected_version: 2,
+        event: None,
+        token: None,
+        ops: vec![unseen.clone()],
+        fence: Fence::default(),
+    })
+    .await
+    .expect("commit");
+    assert_eq!(
+        s.op(&unseen.id).await.expect("op"),
+        Some(unseen),
+        "an op first written by a commit MUST be stored"
     );
     let ghost = workspace("ghost", 0);
     match s

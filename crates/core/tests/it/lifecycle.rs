@@ -582,14 +582,15 @@ async fn a_request_whose_caller_went_away_still_runs_to_completion() {
     )
     .await;
     assert!(gave_up.is_err(), "the caller went away before the answer");
+    // The final commit lands before it is acknowledged: wait for the engine's view.
     berth_core::testkit::wait_until("the start to finish", Duration::from_secs(5), || async {
         rig.store
             .all_ops()
             .iter()
             .any(|o| o.status == OpStatus::Succeeded)
+            && rig.state(&ws).await == State::Running
     })
     .await;
-    assert_eq!(rig.state(&ws).await, State::Running);
     assert!(rig.store.all_ops().iter().all(|o| o.status.is_terminal()));
     rig.finish().await;
 }
@@ -717,5 +718,98 @@ async fn an_op_runs_once_when_requests_follow_each_other_at_once() {
         1 + 750,
         "one launch per restart, none for a start of a running workspace"
     );
+    rig.finish().await;
+}
+
+/// Issue 15 (lean write path): an op that runs at once is not inserted at intake; its
+/// row goes out with its first commit, and its request is answered only once that
+/// commit is durable. A queued op, which nothing writes before it runs, is inserted.
+#[tokio::test(start_paused = true)]
+async fn an_op_that_runs_at_once_is_on_record_when_answered_with_no_insert_of_its_own() {
+    let rig = Rig::new().await;
+    let ws = rig.create("a").await;
+    let held = rig.rt.breakpoints().hold(&format!("launch:{}", ws.id));
+    let inserts = rig.store.op_inserts();
+    let start = rig.engine.start(&ws.id, Actor::Api).await.unwrap();
+    let stored = rig
+        .store
+        .all_ops()
+        .into_iter()
+        .find(|o| o.id == *start.op_id())
+        .expect("the start is on record when its request is answered");
+    assert_eq!(stored.status, OpStatus::Running);
+    assert_eq!(
+        rig.store
+            .all_workspaces()
+            .iter()
+            .find(|w| w.id == ws.id)
+            .map(|w| w.state),
+        Some(State::Starting),
+        "its first commit carried it"
+    );
+    assert_eq!(rig.store.op_inserts(), inserts, "no insert of its own");
+    // A stop now waits behind the launch: queued, so inserted at intake.
+    let stop = rig.engine.stop(&ws.id, Actor::Api).await.unwrap();
+    assert_eq!(rig.store.op_inserts(), inserts + 1);
+    assert!(rig.store.all_ops().iter().any(|o| o.id == *stop.op_id()));
+    held.release();
+    assert_eq!(stop.wait().await.unwrap().status, OpStatus::Succeeded);
+    rig.finish().await;
+}
+
+/// Issue 15: a request waits for its op's first write; when that write is a commit that
+/// fails, the op still goes on record (failed) before the request is answered.
+#[tokio::test(start_paused = true)]
+async fn an_op_whose_first_commit_fails_is_recorded_as_failed_before_the_answer() {
+    let rig = Rig::new().await;
+    let ws = rig.create("a").await;
+    rig.store.fail_commit_to(
+        State::Starting,
+        berth_core::ports::StoreError::Unavailable {
+            message: "disk full".into(),
+        },
+    );
+    let start = rig.engine.start(&ws.id, Actor::Api).await.unwrap();
+    let stored = rig
+        .store
+        .all_ops()
+        .into_iter()
+        .find(|o| o.id == *start.op_id())
+        .expect("on record when answered");
+    assert_eq!(stored.status, OpStatus::Failed, "{stored:?}");
+    assert_eq!(start.wait().await.unwrap().status, OpStatus::Failed);
+    assert_eq!(rig.state(&ws).await, State::Stopped, "nothing changed");
+    assert!(rig.rt.launches().is_empty(), "nothing launched");
+    rig.finish().await;
+}
+
+/// Issue 15: a retried delete of a `deleting` workspace commits nothing before its
+/// runtime calls, so it goes on record first: its request does not wait for them.
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_runs_effects_before_any_commit_is_answered_before_them() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    rig.rt.plan(
+        FakeCall::Remove,
+        Plan::Fail(RuntimeError::Other {
+            resource: "fake".into(),
+            message: "device busy".into(),
+        }),
+    );
+    let failed = rig.op(OpKind::Delete, &ws.id).await;
+    assert_eq!(failed.status, OpStatus::Failed);
+    assert_eq!(rig.state(&ws).await, State::Deleting);
+    let held = rig.rt.breakpoints().hold(&format!("cleanup:{}", ws.id));
+    let retry = rig.engine.delete(&ws.id, true, Actor::Api).await.unwrap();
+    assert!(
+        rig.store.all_ops().iter().any(|o| o.id == *retry.op_id()),
+        "on record while its runtime calls are held"
+    );
+    assert!(
+        retry.finished().is_none(),
+        "answered before its effects ended"
+    );
+    held.release();
+    assert_eq!(retry.wait().await.unwrap().status, OpStatus::Succeeded);
     rig.finish().await;
 }

@@ -20,6 +20,16 @@ use super::{OpRun, PhaseEnd};
 impl OpRun<'_> {
     pub(super) async fn delete(&mut self, mut ws: Workspace) {
         let deadline = self.stop_deadline();
+        // Waits and runtime calls ahead of the first commit (launches to finish, the
+        // preflight) do not keep the request waiting: the op goes on record first.
+        let waits = self.gate.read().sessions.active > 0;
+        let checks = !self.preflighted && ws.state != State::Deleting && !self.forced();
+        if (waits || checks)
+            && let Err(e) = self.ensure_recorded().await
+        {
+            let e = e.to_op_error();
+            return self.finish(OpStatus::Failed, Some(ws.state), Some(e)).await;
+        }
         // `deleting` for the whole call: the gate refuses launches, starts and restarts.
         let closed = tokio::select! {
             biased;

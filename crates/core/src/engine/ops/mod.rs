@@ -21,7 +21,7 @@ use crate::model::{Cause, OpError, OpStatus, Operation, Workspace};
 use crate::state::{LifecycleEvent, State};
 
 use super::commit::{Committed, Note};
-use super::gate::Gate;
+use super::gate::{Gate, Record};
 use super::{Engine, EngineError};
 
 /// How a phase of an op ended.
@@ -48,6 +48,8 @@ pub(crate) struct OpRun<'a> {
     pub(crate) preflighted: bool,
     /// The op's final status went out with its last commit (one write fewer).
     pub(crate) final_written: bool,
+    /// Whether the op is on record: it goes out with its first write.
+    pub(crate) record: Record,
 }
 
 impl OpRun<'_> {
@@ -73,6 +75,10 @@ impl OpRun<'_> {
         let ws = if ws.state.is_transitional()
             && !(self.op.kind == OpKind::Delete && ws.state == State::Deleting)
         {
+            if let Err(e) = self.ensure_recorded().await {
+                let e = e.to_op_error();
+                return self.finish(OpStatus::Failed, Some(ws.state), Some(e)).await;
+            }
             self.engine
                 .finish_transitional(self.gate, ws, super::recovery::Mode::Background)
                 .await;
@@ -103,7 +109,21 @@ impl OpRun<'_> {
     }
 
     async fn finish(&mut self, status: OpStatus, state: Option<State>, error: Option<OpError>) {
-        self.engine.end_op(&mut self.op, status, state, error).await;
+        self.engine
+            .end_op(&mut self.op, &self.record, status, state, error)
+            .await;
+    }
+
+    /// Puts the op on record before work that comes ahead of its first commit (runtime
+    /// calls, waits), so its request is not kept waiting by them. `false`: the write
+    /// failed and the op must not go on.
+    async fn ensure_recorded(&mut self) -> Result<(), EngineError> {
+        if self.record.is_durable() {
+            return Ok(());
+        }
+        let written = self.engine.record_op(&self.op).await;
+        self.record.settle(written.clone());
+        written
     }
 
     /// Ends the op after its last phase.
@@ -120,9 +140,11 @@ impl OpRun<'_> {
             }
             PhaseEnd::Failed(e) => self.finish(OpStatus::Failed, Some(ws.state), Some(e)).await,
             PhaseEnd::Interrupted => {
-                self.engine
+                let written = self
+                    .engine
                     .commit_interrupted(self.gate, ws, &mut self.op)
                     .await;
+                self.record.settle(written);
                 self.final_written = true;
             }
         }
@@ -174,6 +196,14 @@ impl OpRun<'_> {
             .engine
             .commit_transition(self.gate, ws, event, note)
             .await?;
+        if committed.committed {
+            // The commit wrote the op's row.
+            self.record.settle(Ok(()));
+        } else if !committed.effects.is_empty() {
+            // A self-loop (a retried delete of a `deleting` workspace) runs effects
+            // without a commit: the op goes on record before them.
+            self.ensure_recorded().await?;
+        }
         if let Some(mut op) = ending {
             op.result_state = (event != LifecycleEvent::Deleted).then_some(ws.state);
             if committed.committed {
@@ -210,10 +240,12 @@ impl OpRun<'_> {
 }
 
 impl Engine {
-    /// Marks an op ended (without a state change) and persists it.
+    /// Marks an op ended (without a state change) and persists it: an insert if it is
+    /// not on record yet.
     pub(crate) async fn end_op(
         &self,
         op: &mut Operation,
+        record: &Record,
         status: OpStatus,
         state: Option<State>,
         error: Option<OpError>,
@@ -227,7 +259,35 @@ impl Engine {
             self.report_error(&op.workspace_id, e);
         }
         op.error = error;
-        self.write_op_detached(op).await;
+        if record.is_durable() {
+            self.write_op_detached(op).await;
+            return;
+        }
+        let written = self.record_op(op).await;
+        if let Err(e) = &written {
+            tracing::warn!(op = %op.id, error = %e, "could not record the op");
+        }
+        record.settle(written);
+    }
+
+    /// Writes an op that may not be on record yet, with a bounded wait: an insert, or
+    /// an update when a write whose outcome was in doubt did put it there.
+    async fn record_op(&self, op: &Operation) -> Result<(), EngineError> {
+        let write = async {
+            match self.inner.store.insert_op(op).await {
+                Err(crate::ports::StoreError::Conflict { .. }) => {
+                    self.inner.store.update_op(op).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.inner.config.final_flush_timeout, write).await {
+            Ok(r) => r.map_err(EngineError::from),
+            Err(_) => Err(EngineError::Internal(format!(
+                "recording op {} timed out",
+                op.id
+            ))),
+        }
     }
 
     pub(crate) fn report_error(&self, workspace: &crate::ids::WorkspaceId, e: &OpError) {
