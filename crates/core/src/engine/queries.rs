@@ -243,4 +243,79 @@ impl Engine {
     ) -> Result<Vec<Event>, EngineError> {
         Ok(self.inner.store.events(after, workspace, limit).await?)
     }
+
+    pub(crate) async fn all_workspaces(&self) -> Result<Vec<Workspace>, EngineError> {
+        let mut out = Vec::new();
+        let mut after: Option<WorkspaceId> = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .list_workspaces(&WorkspaceQuery {
+                    after: after.clone(),
+                    limit: 1000,
+                    ..WorkspaceQuery::default()
+                })
+                .await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Every workspace of `kind`, read page by page by a tracked reader task, ahead of
+    /// the consumer by at most two pages. The last message is [`RowPage::End`] after every
+    /// row was sent, or [`RowPage::Failed`]; a channel that closes without either (the
+    /// engine is shutting down) means the rows were not all read.
+    pub(crate) fn workspace_pages(
+        &self,
+        kind: RuntimeKind,
+    ) -> tokio::sync::mpsc::Receiver<RowPage> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let engine = self.clone();
+        self.spawn(async move {
+            let mut after: Option<WorkspaceId> = None;
+            loop {
+                let page = engine
+                    .inner
+                    .store
+                    .list_workspaces(&WorkspaceQuery {
+                        after: after.take(),
+                        limit: 1000,
+                        runtime: Some(kind.clone()),
+                        ..WorkspaceQuery::default()
+                    })
+                    .await;
+                let (message, next) = match page {
+                    Ok(page) => (RowPage::Rows(page.items), page.next),
+                    Err(e) => (RowPage::Failed(e.into()), None),
+                };
+                let failed = matches!(message, RowPage::Failed(_));
+                if tx.send(message).await.is_err() || failed {
+                    return;
+                }
+                match next {
+                    Some(next) => after = Some(next),
+                    None => {
+                        let _ = tx.send(RowPage::End).await;
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// A message of [`Engine::workspace_pages`].
+#[derive(Debug)]
+pub(crate) enum RowPage {
+    /// The next rows, in listing order.
+    Rows(Vec<Workspace>),
+    /// Every row was sent.
+    End,
+    /// A read failed: no more rows follow.
+    Failed(EngineError),
 }

@@ -10,16 +10,15 @@ use std::collections::{HashMap, HashSet};
 
 use crate::ids::{RuntimeKind, WorkspaceId};
 use crate::model::{Actor, Cause, LastError, SessionState, Workspace};
-use crate::ports::{
-    OwnedResource, ProcessStatus, ResourceKind, ResourceRef, SessionRef, Step, WorkspaceQuery,
-};
+use crate::ports::{OwnedResource, ProcessStatus, ResourceKind, ResourceRef, SessionRef, Step};
 use crate::state::{FailureReason, LifecycleEvent, State};
 
+use super::Engine;
 use super::commit::Note;
 use super::effects::Exec;
 use super::gate::SessionsClosed;
+use super::queries::RowPage;
 use super::recovery::Mode;
-use super::{Engine, EngineError};
 
 /// What one reconcile pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,27 +56,6 @@ impl ReconcileReport {
 }
 
 impl Engine {
-    pub(crate) async fn all_workspaces(&self) -> Result<Vec<Workspace>, EngineError> {
-        let mut out = Vec::new();
-        let mut after: Option<WorkspaceId> = None;
-        loop {
-            let page = self
-                .inner
-                .store
-                .list_workspaces(&WorkspaceQuery {
-                    after: after.clone(),
-                    limit: 1000,
-                    ..WorkspaceQuery::default()
-                })
-                .await?;
-            out.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(out),
-            }
-        }
-    }
-
     /// One reconcile pass over every runtime, the runtimes concurrently: a runtime
     /// that is slow or does not answer delays only its own part.
     pub(crate) async fn reconcile_once(&self) -> ReconcileReport {
@@ -130,13 +108,6 @@ impl Engine {
                 return report;
             }
         };
-        let workspaces = match self.workspaces_of(kind).await {
-            Ok(ws) => ws,
-            Err(e) => {
-                tracing::warn!(error = %e, "reconcile could not read the store");
-                return report;
-            }
-        };
         // Which workspaces have session rows, read once after the epochs were taken: a
         // workspace acted on below has an epoch that did not move since, so no session
         // of it was launched or forgotten after this read. On an error each workspace's
@@ -148,64 +119,49 @@ impl Engine {
             .await
             .ok()
             .map(|ids| ids.into_iter().collect());
-        let by_id: HashMap<_, _> = workspaces.iter().map(|w| (w.id.clone(), w)).collect();
         let mut per_ws: HashMap<WorkspaceId, Vec<OwnedResource>> = HashMap::new();
         for r in list {
             per_ws.entry(r.workspace_id.clone()).or_default().push(r);
         }
-        // Workspaces of this runtime, with or without resources.
-        let mut ids: HashSet<WorkspaceId> = per_ws.keys().cloned().collect();
-        ids.extend(by_id.keys().cloned());
-        for id in ids {
-            let resources = per_ws.remove(&id).unwrap_or_default();
-            if by_id.contains_key(&id) && !self.inner.ownership.owns(&id) {
-                // Another engine's workspace (a shared store): its owner reconciles it.
-                continue;
-            }
-            match by_id.get(&id) {
-                Some(ws) => {
-                    let before = epochs.get(&id).copied().unwrap_or(0);
-                    let sessions = with_sessions.as_ref().map(|s| s.contains(&id));
-                    self.reconcile_workspace(ws, resources, before, sessions, &mut report)
-                        .await;
+        // The rows, read after the listing, page by page by a reader task while this
+        // one acts on the pages already read (reading and acting overlap).
+        let mut pages = self.workspace_pages(kind.clone());
+        loop {
+            let page = match pages.recv().await {
+                Some(RowPage::Rows(rows)) => rows,
+                Some(RowPage::End) => break,
+                Some(RowPage::Failed(e)) => {
+                    tracing::warn!(error = %e, "reconcile could not read the store");
+                    return report;
                 }
-                // No row (or another runtime's row): every resource is an orphan.
                 None => {
-                    for r in resources {
-                        self.remove_orphan(kind, &r, None, &mut report).await;
-                    }
+                    tracing::warn!("reconcile's store reader stopped early");
+                    return report;
                 }
+            };
+            for ws in page {
+                let resources = per_ws.remove(&ws.id).unwrap_or_default();
+                if !self.inner.ownership.owns(&ws.id) {
+                    // Another engine's workspace (a shared store): its owner reconciles it.
+                    continue;
+                }
+                let before = epochs.get(&ws.id).copied().unwrap_or(0);
+                let sessions = with_sessions.as_ref().map(|s| s.contains(&ws.id));
+                self.reconcile_workspace(ws, resources, before, sessions, &mut report)
+                    .await;
             }
+        }
+        // Every row was read: a resource left has no row of this runtime (or another
+        // runtime's row), so it is an orphan.
+        for r in per_ws.into_values().flatten() {
+            self.remove_orphan(kind, &r, None, &mut report).await;
         }
         report
     }
 
-    /// Every workspace of one runtime, read page by page.
-    async fn workspaces_of(&self, kind: &RuntimeKind) -> Result<Vec<Workspace>, EngineError> {
-        let mut out = Vec::new();
-        let mut after: Option<WorkspaceId> = None;
-        loop {
-            let page = self
-                .inner
-                .store
-                .list_workspaces(&WorkspaceQuery {
-                    after: after.clone(),
-                    limit: 1000,
-                    runtime: Some(kind.clone()),
-                    ..WorkspaceQuery::default()
-                })
-                .await?;
-            out.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(out),
-            }
-        }
-    }
-
     async fn reconcile_workspace(
         &self,
-        listed: &Workspace,
+        listed: Workspace,
         resources: Vec<OwnedResource>,
         epoch_before: u64,
         has_session_rows: Option<bool>,
@@ -226,7 +182,7 @@ impl Engine {
         }
         // The gate is idle and its epoch did not move since before the listing, so the
         // row it last committed (or, on a fresh gate, the row just listed) is current.
-        let mut ws = cached.unwrap_or_else(|| listed.clone());
+        let mut ws = cached.unwrap_or(listed);
         if ws.state.is_transitional() {
             // No op runs (the gate is idle), so nothing will finish it but us.
             self.finish_transitional(&gate, ws, Mode::Background).await;

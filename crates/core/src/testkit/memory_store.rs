@@ -38,6 +38,8 @@ struct Mem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Call {
     Commit(Option<State>),
+    /// A listing that continues after a cursor (a page past the first).
+    ListAfterCursor,
 }
 
 /// The in-memory store.
@@ -64,6 +66,16 @@ impl MemoryStore {
         self.planned
             .lock()
             .entry(Call::Commit(Some(state)))
+            .or_default()
+            .push_back(error);
+    }
+
+    /// The next listing of workspaces after a cursor (a page past the first) fails
+    /// with `error`.
+    pub fn fail_next_page(&self, error: StoreError) {
+        self.planned
+            .lock()
+            .entry(Call::ListAfterCursor)
             .or_default()
             .push_back(error);
     }
@@ -283,6 +295,11 @@ impl Store for MemoryStore {
     }
 
     async fn list_workspaces(&self, query: &WorkspaceQuery) -> Result<WorkspacePage, StoreError> {
+        if query.after.is_some()
+            && let Some(e) = self.planned(Call::ListAfterCursor)
+        {
+            return Err(e);
+        }
         let mem = self.mem.lock();
         open(&mem)?;
         let from = match &query.after {

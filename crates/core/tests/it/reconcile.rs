@@ -261,3 +261,42 @@ async fn a_fresh_engine_reads_session_rows_only_of_workspaces_that_have_them() {
         );
     }
 }
+
+/// Issue 15 (P6): the pass acts on each page of rows while the next is read. A read
+/// that fails after some pages must not make the resources of unread rows orphans:
+/// the pass stops for that runtime and removes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_store_read_failing_mid_pass_removes_no_resource_of_an_unread_row() {
+    let rig = Rig::new().await;
+    for i in 0..1000 {
+        rig.create(&format!("s{i}")).await;
+    }
+    // Created last: its row is on the second page.
+    let late = rig.running("late").await;
+    rig.clock.advance(Duration::from_secs(3600));
+    rig.store
+        .fail_next_page(berth_core::ports::StoreError::Unavailable {
+            message: "disk I/O error".into(),
+        });
+    let report = rig.engine.reconcile().await;
+    assert_eq!(
+        (report.orphans_removed, report.missing),
+        (0, 0),
+        "{report:?}"
+    );
+    assert_eq!(
+        rig.rt.processes().len(),
+        1,
+        "the process of the unread row is alive"
+    );
+    assert_eq!(rig.state(&late).await, State::Running);
+    // The next pass reads every page and finds nothing to do.
+    let report = rig.engine.reconcile().await;
+    assert_eq!(
+        (report.orphans_removed, report.missing),
+        (0, 0),
+        "{report:?}"
+    );
+    assert_eq!(rig.rt.processes().len(), 1);
+    rig.finish().await;
+}
