@@ -21,7 +21,7 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use crate::code::ErrorCode;
-use crate::model::{Actor, Cause, LastError, OpError, OpStatus, Workspace};
+use crate::model::{Actor, Cause, LastError, OpError, OpStatus, Operation, Workspace};
 use crate::ports::ProcessStatus;
 use crate::state::{FailureReason, LifecycleEvent, State};
 
@@ -80,6 +80,13 @@ pub(crate) enum Finished {
 const BOOT_ATTEMPTS: u32 = 4;
 
 impl Engine {
+    /// Ends a stored op that nothing runs any more as `interrupted`.
+    async fn interrupt_stored(&self, op: &mut Operation, message: &str) {
+        let e = OpError::new(ErrorCode::Interrupted, message);
+        self.end_op(op, &Record::durable(), OpStatus::Interrupted, None, Some(e))
+            .await;
+    }
+
     /// Boot recovery: marks the ops the previous engine left as `interrupted`, finishes
     /// every transitional workspace, then (without background loops) runs one
     /// reconcile pass.
@@ -90,16 +97,9 @@ impl Engine {
             if !owned(&op.workspace_id) {
                 continue;
             }
-            let e = OpError::new(
-                ErrorCode::Interrupted,
-                "the engine stopped while this op was pending; boot recovery finished the workspace",
-            );
-            self.end_op(
+            self.interrupt_stored(
                 &mut op,
-                &Record::durable(),
-                OpStatus::Interrupted,
-                None,
-                Some(e),
+                "the engine stopped while this op was pending; boot recovery finished the workspace",
             )
             .await;
             report.ops_interrupted += 1;
@@ -166,16 +166,9 @@ impl Engine {
         };
         for mut op in self.inner.store.list_ops(id, 64).await? {
             if matches!(op.status, OpStatus::Queued | OpStatus::Running) && !ours.contains(&op.id) {
-                let e = OpError::new(
-                    ErrorCode::Interrupted,
-                    "the daemon that ran this op stopped; the daemon that took the workspace over finished it",
-                );
-                self.end_op(
+                self.interrupt_stored(
                     &mut op,
-                    &Record::durable(),
-                    OpStatus::Interrupted,
-                    None,
-                    Some(e),
+                    "the daemon that ran this op stopped; the daemon that took the workspace over finished it",
                 )
                 .await;
             }
