@@ -16,9 +16,9 @@ use crate::merge::OpKind;
 use crate::model::{OpError, OpStatus, Operation};
 use crate::ports::Report;
 
-use super::gate::Gate;
+use super::Engine;
+use super::gate::{Gate, SettleOnDrop};
 use super::ops::OpRun;
-use super::{Engine, EngineError};
 
 impl Engine {
     pub(crate) fn spawn_driver(&self, gate: Arc<Gate>) -> bool {
@@ -46,6 +46,9 @@ impl Engine {
             let Some((op, cancel, deadline, preflighted, record)) = current else {
                 return;
             };
+            // Every path below writes the op; should one not (or panic past the guard
+            // around the op), its requests must not wait for ever.
+            let _settle = SettleOnDrop(record.clone());
             let mut done = if self.inner.ops_token.is_cancelled() {
                 let mut op = op;
                 let e = OpError::new(
@@ -85,12 +88,7 @@ impl Engine {
                 }
                 run.op
             };
-            // Every path above wrote the op; should one not have, its requests must not
-            // wait for ever.
-            record.settle(Err(EngineError::Internal(format!(
-                "op {} ended without a record",
-                done.id
-            ))));
+
             gate.bump();
             // Joins and preemption happen under the intake lock: hold it while the op's
             // final record is fixed and the queued op takes its place.

@@ -87,6 +87,20 @@ impl Record {
     }
 }
 
+/// Settles a record as failed when dropped, unless it was settled before: an op's
+/// driver holds one, so that even a panic outside the op's own unwinding guard leaves
+/// no request waiting for ever.
+#[derive(Debug)]
+pub(crate) struct SettleOnDrop(pub(crate) Record);
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        self.0.settle(Err(EngineError::Internal(
+            "the op's driver ended before the op was on record".into(),
+        )));
+    }
+}
+
 /// An op the gate holds, in flight or queued.
 #[derive(Debug)]
 pub(crate) struct PendingOp {

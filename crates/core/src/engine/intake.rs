@@ -190,6 +190,21 @@ impl Engine {
         // and this request is answered once that is durable; a queued op is inserted
         // now, as nothing will write it before it runs.
         if !runs {
+            // History stays in request order: an op in flight that is not on record
+            // yet (its first write is still to come) is inserted before this one. Its
+            // driver's writes overwrite it; one that already landed wins.
+            let unrecorded =
+                gate.read().slot.in_flight.as_ref().and_then(|p| {
+                    (!p.record.is_durable()).then(|| (p.op.clone(), p.record.clone()))
+                });
+            if let Some((first, record)) = unrecorded {
+                match self.inner.store.insert_op(&first).await {
+                    Ok(()) | Err(crate::ports::StoreError::Conflict { .. }) => {
+                        record.settle(Ok(()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             self.inner.store.insert_op(&op).await?;
         }
         let mut pending = PendingOp::new(op.clone(), self.inner.ops_token.child_token());

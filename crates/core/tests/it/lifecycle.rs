@@ -813,3 +813,45 @@ async fn a_delete_that_runs_effects_before_any_commit_is_answered_before_them() 
     assert_eq!(retry.wait().await.unwrap().status, OpStatus::Succeeded);
     rig.finish().await;
 }
+
+/// Issue 15 (review): an op that runs at once is written by its first write, later than
+/// its request; an op queued behind it before that write must not come first in the
+/// workspace's history. The reconciler holds the exec lock (cleaning up after an exit),
+/// so the start's driver waits before its first write while a stop preempts it.
+#[tokio::test(start_paused = true)]
+async fn history_keeps_request_order_when_an_op_is_queued_before_the_one_in_flight_is_written() {
+    let rig = Rig::new().await;
+    let ws = rig.running("a").await;
+    rig.rt.exit_main(&ws.id, 1);
+    let held = rig.rt.breakpoints().hold(&format!("remove:{}", ws.id));
+    let pass = rig.engine.reconcile();
+    let requests = async {
+        held.reached(1).await;
+        {
+            let start = rig.engine.start(&ws.id, Actor::Api);
+            tokio::pin!(start);
+            // The start's intake runs; its driver waits for the exec lock.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(1), &mut start)
+                    .await
+                    .is_err(),
+                "the start is answered only once it is on record"
+            );
+            let stop = rig.engine.stop(&ws.id, Actor::Api).await.unwrap();
+            held.release();
+            (start.await.unwrap(), stop)
+        }
+    };
+    let (report, (start, stop)) = tokio::join!(pass, requests);
+    assert_eq!(report.exited, 1, "{report:?}");
+    let (start_id, stop_id) = (start.op_id().clone(), stop.op_id().clone());
+    assert_eq!(start.wait().await.unwrap().status, OpStatus::Cancelled);
+    assert_eq!(stop.wait().await.unwrap().status, OpStatus::Succeeded);
+    let order: Vec<_> = rig.store.all_ops().into_iter().map(|o| o.id).collect();
+    let at = |id| order.iter().position(|o| *o == id).unwrap();
+    assert!(
+        at(start_id) < at(stop_id),
+        "the start was requested first: {order:?}"
+    );
+    rig.finish().await;
+}

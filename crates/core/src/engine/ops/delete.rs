@@ -5,6 +5,7 @@
 //! nothing; a runtime error keeps the rows and leaves the workspace `deleting`, which
 //! only another delete gets past.
 
+use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
 use crate::code::ErrorCode;
@@ -22,19 +23,34 @@ impl OpRun<'_> {
         let deadline = self.stop_deadline();
         // Waits and runtime calls ahead of the first commit (launches to finish, the
         // preflight) do not keep the request waiting: the op goes on record first.
-        let waits = self.gate.read().sessions.active > 0;
         let checks = !self.preflighted && ws.state != State::Deleting && !self.forced();
-        if (waits || checks)
-            && let Err(e) = self.ensure_recorded().await
-        {
+        if checks && let Err(e) = self.ensure_recorded().await {
             let e = e.to_op_error();
             return self.finish(OpStatus::Failed, Some(ws.state), Some(e)).await;
         }
+        if self.engine.inner.ops_token.is_cancelled() {
+            return self.conclude(&mut ws, PhaseEnd::Interrupted).await;
+        }
         // `deleting` for the whole call: the gate refuses launches, starts and restarts.
-        let closed = tokio::select! {
-            biased;
-            () = self.engine.inner.ops_token.cancelled() => None,
-            r = tokio::time::timeout_at(deadline, self.gate.close_sessions(SessionsClosed::Deleting)) => Some(r.is_ok()),
+        let close =
+            tokio::time::timeout_at(deadline, self.gate.close_sessions(SessionsClosed::Deleting));
+        tokio::pin!(close);
+        // Closed at once unless launches are in flight; then the op goes on record
+        // before waiting for them.
+        let closed = match (&mut close).now_or_never() {
+            Some(r) => Some(r.is_ok()),
+            None => {
+                if let Err(e) = self.ensure_recorded().await {
+                    self.gate.open_sessions();
+                    let e = e.to_op_error();
+                    return self.finish(OpStatus::Failed, Some(ws.state), Some(e)).await;
+                }
+                tokio::select! {
+                    biased;
+                    () = self.engine.inner.ops_token.cancelled() => None,
+                    r = &mut close => Some(r.is_ok()),
+                }
+            }
         };
         match closed {
             None => return self.conclude(&mut ws, PhaseEnd::Interrupted).await,
