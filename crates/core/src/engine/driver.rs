@@ -88,7 +88,6 @@ impl Engine {
                 }
                 run.op
             };
-
             gate.bump();
             // Joins and preemption happen under the intake lock: hold it while the op's
             // final record is fixed and the queued op takes its place.

@@ -115,8 +115,8 @@ impl OpRun<'_> {
     }
 
     /// Puts the op on record before work that comes ahead of its first commit (runtime
-    /// calls, waits), so its request is not kept waiting by them. `false`: the write
-    /// failed and the op must not go on.
+    /// calls, waits), so its request is not kept waiting by them. An error: the write
+    /// failed (its requests get that error) and the op must not go on.
     async fn ensure_recorded(&mut self) -> Result<(), EngineError> {
         if self.record.is_durable() {
             return Ok(());
