@@ -16,12 +16,13 @@
 //!   `FOR SHARE` lock on the lease row orders them against a takeover).
 //! - Serialization failures and deadlocks are retried; callers never see them.
 
+mod batch;
 pub mod cluster;
 mod schema;
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +38,7 @@ use berth_core::state::State;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
 
+pub use batch::CommitStats;
 pub use cluster::{DaemonRow, EventWakes, Heartbeat, Lease, LeaseOwner, Member, MemberOptions};
 pub use schema::latest_version;
 
@@ -106,6 +108,11 @@ pub struct PgStore {
     member: OnceLock<Member>,
     /// The workspaces whose lease this daemon holds (refreshed by every heartbeat).
     held: parking_lot::RwLock<HashSet<WorkspaceId>>,
+    writer: Writer,
+    /// The group committer's queue (`None` once closed).
+    committer: parking_lot::Mutex<Option<tokio::sync::mpsc::Sender<batch::Job>>>,
+    counters: Arc<batch::Counters>,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The URL with its password replaced, for messages.
@@ -154,6 +161,15 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| db(sqlx::Error::Migrate(Box::new(e))))?;
+        let writer = Writer {
+            pool: pool.clone(),
+            acquire_timeout: options.acquire_timeout,
+        };
+        let (jobs, queue) = tokio::sync::mpsc::channel(4 * batch::MAX_BATCH);
+        let counters = Arc::new(batch::Counters::default());
+        let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(batch::run(writer.clone(), queue, Arc::clone(&counters)));
+        tasks.close();
         Ok(Self {
             pool,
             url: shown,
@@ -162,6 +178,10 @@ impl PgStore {
             appended: AtomicU64::new(0),
             member: OnceLock::new(),
             held: parking_lot::RwLock::new(HashSet::new()),
+            writer,
+            committer: parking_lot::Mutex::new(Some(jobs)),
+            counters,
+            tasks,
         })
     }
 
@@ -187,39 +207,32 @@ impl PgStore {
         map_error(e, what, self.options.acquire_timeout)
     }
 
-    /// Runs `write` in a transaction, retrying serialization failures and deadlocks.
+    /// Runs `write` in a transaction of its own (the precise path).
     async fn write(&self, what: &str, write: Write<'_>) -> Result<Written, StoreError> {
         self.check_open()?;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let outcome = async {
-                let mut tx = self.pool.begin().await?;
-                match apply(&mut tx, &write).await {
-                    Ok(v) => {
-                        tx.commit().await?;
-                        Ok(v)
-                    }
-                    Err(e) => {
-                        let _ = tx.rollback().await;
-                        Err(e)
-                    }
-                }
-            }
-            .await;
-            match outcome {
-                Ok(v) => return Ok(v),
-                Err(WriteError::Store(e)) => return Err(e),
-                Err(WriteError::Sql(e)) if is_retryable(&e) && attempts < 20 => {
-                    tracing::debug!(what, error = %e, "transaction conflict; retrying");
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempts) * 2)).await;
-                }
-                Err(WriteError::Sql(e)) => {
-                    tracing::warn!(what, error = %e, "write failed");
-                    return Err(self.map(e, what));
-                }
-            }
-        }
+        self.writer.write(what, write).await
+    }
+
+    /// Hands a write to the group committer and waits until its batch committed.
+    async fn submit(&self, what: &'static str, write: batch::Owned) -> Result<Written, StoreError> {
+        self.check_open()?;
+        let Some(jobs) = self.committer.lock().clone() else {
+            return Err(StoreError::Closed);
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.counters.pending.fetch_add(1, Ordering::Relaxed);
+        let sent = jobs.send(batch::Job { what, write, reply }).await;
+        let answered = match sent {
+            Ok(()) => answer.await.map_err(|_| StoreError::Closed),
+            Err(_) => Err(StoreError::Closed),
+        };
+        self.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        answered?
+    }
+
+    /// What the group committer did so far.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.counters.stats()
     }
 
     async fn read<T>(
@@ -253,7 +266,7 @@ impl PgStore {
     }
 
     /// The epoch a created workspace's lease gets, when this daemon joined a fleet.
-    fn lease_for(&self, ws: &Workspace) -> Option<(String, i64, String, bool)> {
+    fn lease_for(&self, ws: &Workspace) -> Option<NewLease> {
         self.member.get().map(|m| {
             (
                 m.daemon_id.clone(),
@@ -283,8 +296,59 @@ pub(crate) fn map_error(e: sqlx::Error, what: &str, acquire: Duration) -> StoreE
     }
 }
 
+/// The pool and what writing needs; shared with the group committer.
+#[derive(Debug, Clone)]
+pub(crate) struct Writer {
+    pub(crate) pool: PgPool,
+    acquire_timeout: Duration,
+}
+
+impl Writer {
+    pub(crate) fn map(&self, e: sqlx::Error, what: &str) -> StoreError {
+        map_error(e, what, self.acquire_timeout)
+    }
+
+    /// Runs `write` in a transaction of its own, retrying serialization failures and
+    /// deadlocks.
+    pub(crate) async fn write(&self, what: &str, write: Write<'_>) -> Result<Written, StoreError> {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let outcome = async {
+                let mut tx = self.pool.begin().await?;
+                match apply(&mut tx, &write).await {
+                    Ok(v) => {
+                        tx.commit().await?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(WriteError::Store(e)) => return Err(e),
+                Err(WriteError::Sql(e)) if is_retryable(&e) && attempts < RETRIES => {
+                    tracing::debug!(what, error = %e, "transaction conflict; retrying");
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempts) * 2)).await;
+                }
+                Err(WriteError::Sql(e)) => {
+                    tracing::warn!(what, error = %e, "write failed");
+                    return Err(self.map(e, what));
+                }
+            }
+        }
+    }
+}
+
+/// How often a transaction that hit a serialization failure or a deadlock runs again.
+pub(crate) const RETRIES: u32 = 20;
+
 /// Serialization failure or deadlock: the transaction can simply run again.
-fn is_retryable(e: &sqlx::Error) -> bool {
+pub(crate) fn is_retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
 
@@ -327,23 +391,42 @@ pub(crate) fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// Appends `event`, numbered by the counter row, and announces it; the last statement
-/// of its transaction (the counter's row lock is held until the commit is visible).
-async fn append_event(tx: &mut PgConnection, event: &NewEvent) -> Result<Event, WriteError> {
-    let seq: i64 = sqlx::query_scalar(
-        "WITH c AS (UPDATE event_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq), \
-         e AS (INSERT INTO events (seq, workspace_id, body) SELECT seq, $1, $2 FROM c RETURNING seq) \
-         SELECT seq FROM e, LATERAL (SELECT pg_notify($3, e.seq::text)) n",
+/// Appends `events` in order, numbered by the counter row (taken once for all of them),
+/// and announces the last; the last statement of its transaction (the counter's row
+/// lock is held until the commit is visible, so events become visible in order).
+async fn append_events(
+    tx: &mut PgConnection,
+    events: &[&NewEvent],
+) -> Result<Vec<Event>, WriteError> {
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let mut ids = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    for e in events {
+        ids.push(e.workspace_id.to_string());
+        bodies.push(to_json(e)?);
+    }
+    let top: i64 = sqlx::query_scalar(
+        "WITH c AS (UPDATE event_counter SET seq = seq + $1 WHERE id = 1 RETURNING seq), \
+         e AS (INSERT INTO events (seq, workspace_id, body) \
+               SELECT c.seq - $1 + i.ord, i.ws, i.body FROM c, \
+               unnest($2::text[], $3::text[]) WITH ORDINALITY AS i(ws, body, ord)) \
+         SELECT c.seq FROM c, LATERAL (SELECT pg_notify($4, c.seq::text)) n",
     )
-    .bind(event.workspace_id.as_str())
-    .bind(to_json(event)?)
+    .bind(n)
+    .bind(&ids)
+    .bind(&bodies)
     .bind(EVENTS_CHANNEL)
     .fetch_one(&mut *tx)
     .await?;
-    Ok(Event {
-        seq: u64_of(seq),
-        event: event.clone(),
-    })
+    let first = u64_of(top - n + 1);
+    Ok(events
+        .iter()
+        .zip(first..)
+        .map(|(e, seq)| Event {
+            seq,
+            event: (*e).clone(),
+        })
+        .collect())
 }
 
 async fn upsert_ops(tx: &mut PgConnection, ops: &[Operation]) -> Result<(), WriteError> {
@@ -393,12 +476,12 @@ const LEASE_CHECK: &str = "lease AS (SELECT epoch FROM leases WHERE workspace_id
 
 /// One write transaction's work.
 #[derive(Debug)]
-enum Write<'a> {
+pub(crate) enum Write<'a> {
     EngineId(&'a str),
     Create {
         workspace: &'a Workspace,
         event: &'a NewEvent,
-        lease: Option<(String, i64, String, bool)>,
+        lease: &'a Option<NewLease>,
     },
     Commit(&'a Commit),
     Delete {
@@ -416,16 +499,23 @@ enum Write<'a> {
     },
     PutPool(&'a Pool),
     DeletePool(&'a WorkspaceName),
+    InsertOp(&'a Operation),
+    UpdateOp(&'a Operation),
+    UpdateSession(&'a Session),
 }
+
+/// The lease row a created workspace gets: owner, epoch, host, movable.
+pub(crate) type NewLease = (String, i64, String, bool);
 
 /// What a write returned.
 #[derive(Debug)]
-enum Written {
+pub(crate) enum Written {
     Text(String),
     Event(Option<Event>),
     Session(Session),
     Claimed(Option<(String, String)>),
     Deleted(bool),
+    Done,
 }
 
 fn unexpected(written: Written) -> StoreError {
@@ -434,7 +524,31 @@ fn unexpected(written: Written) -> StoreError {
     }
 }
 
+/// A write's statements run, short of its event.
+pub(crate) enum Staged<'a> {
+    /// Done: what it returned.
+    Done(Written),
+    /// Its event is still to append (last, with the events of its batch).
+    Append(&'a NewEvent),
+}
+
+/// Runs `write` in `tx` (its own transaction: the precise path).
 async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, WriteError> {
+    match stage(tx, write).await? {
+        Staged::Done(written) => Ok(written),
+        Staged::Append(event) => {
+            let mut appended = append_events(tx, &[event]).await?;
+            Ok(Written::Event(appended.pop()))
+        }
+    }
+}
+
+/// Runs `write`'s statements in `tx`, all but its event append.
+pub(crate) async fn stage<'a>(
+    tx: &mut PgConnection,
+    write: &Write<'a>,
+) -> Result<Staged<'a>, WriteError> {
+    use Staged::{Append, Done};
     match write {
         Write::EngineId(candidate) => {
             sqlx::query(
@@ -443,11 +557,11 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
             .bind(*candidate)
             .execute(&mut *tx)
             .await?;
-            Ok(Written::Text(
+            Ok(Done(Written::Text(
                 sqlx::query_scalar("SELECT value FROM meta WHERE key = 'engine_id'")
                     .fetch_one(&mut *tx)
                     .await?,
-            ))
+            )))
         }
         Write::Create {
             workspace,
@@ -505,7 +619,7 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
                 .execute(&mut *tx)
                 .await?;
             }
-            Ok(Written::Event(Some(append_event(tx, event).await?)))
+            Ok(Append(event))
         }
         Write::Commit(commit) => {
             let ws = &commit.workspace;
@@ -550,10 +664,10 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
                 .await?;
             }
             upsert_ops(tx, &commit.ops).await?;
-            match &commit.event {
-                Some(e) => Ok(Written::Event(Some(append_event(tx, e).await?))),
-                None => Ok(Written::Event(None)),
-            }
+            Ok(match &commit.event {
+                Some(e) => Append(e),
+                None => Done(Written::Event(None)),
+            })
         }
         Write::Delete {
             id,
@@ -577,7 +691,7 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
                 return Err(refused(diagnose(tx, id, *fence).await?));
             }
             upsert_ops(tx, ops).await?;
-            Ok(Written::Event(Some(append_event(tx, event).await?)))
+            Ok(Append(event))
         }
         Write::InsertSession(session) => {
             let ws: Option<i32> =
@@ -617,7 +731,7 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
                     what: format!("session {}", session.name),
                 }));
             }
-            Ok(Written::Session(row))
+            Ok(Done(Written::Session(row)))
         }
         Write::ClaimKey {
             key,
@@ -633,14 +747,14 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 1 {
-                return Ok(Written::Claimed(None));
+                return Ok(Done(Written::Claimed(None)));
             }
             let found: (String, String) =
                 sqlx::query_as("SELECT request_hash, result FROM idempotency_keys WHERE key = $1")
                     .bind(*key)
                     .fetch_one(&mut *tx)
                     .await?;
-            Ok(Written::Claimed(Some(found)))
+            Ok(Done(Written::Claimed(Some(found))))
         }
         Write::PutPool(pool) => {
             sqlx::query(
@@ -650,14 +764,62 @@ async fn apply(tx: &mut PgConnection, write: &Write<'_>) -> Result<Written, Writ
             .bind(to_json(pool)?)
             .execute(&mut *tx)
             .await?;
-            Ok(Written::Deleted(false))
+            Ok(Done(Written::Deleted(false)))
         }
         Write::DeletePool(name) => {
             let done = sqlx::query("DELETE FROM pools WHERE name = $1")
                 .bind(name.as_str())
                 .execute(&mut *tx)
                 .await?;
-            Ok(Written::Deleted(done.rows_affected() > 0))
+            Ok(Done(Written::Deleted(done.rows_affected() > 0)))
+        }
+        Write::InsertOp(op) => {
+            let inserted = sqlx::query(
+                "INSERT INTO ops (id, workspace_id, status, body) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(op.id.as_str())
+            .bind(op.workspace_id.as_str())
+            .bind(op.status.as_str())
+            .bind(to_json(op)?)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(refused(StoreError::Conflict {
+                    what: format!("operation {}", op.id),
+                }));
+            }
+            Ok(Done(Written::Done))
+        }
+        Write::UpdateOp(op) => {
+            let updated = sqlx::query("UPDATE ops SET status = $1, body = $2 WHERE id = $3")
+                .bind(op.status.as_str())
+                .bind(to_json(op)?)
+                .bind(op.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if updated.rows_affected() == 0 {
+                return Err(refused(StoreError::NotFound {
+                    what: format!("operation {}", op.id),
+                }));
+            }
+            Ok(Done(Written::Done))
+        }
+        Write::UpdateSession(session) => {
+            let updated = sqlx::query(
+                "UPDATE sessions SET body = $1 WHERE workspace_id = $2 AND name = $3 AND generation = $4",
+            )
+            .bind(to_json(session)?)
+            .bind(session.workspace_id.as_str())
+            .bind(session.name.as_str())
+            .bind(i64_of(session.generation.0))
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Err(refused(StoreError::NotFound {
+                    what: format!("session {} generation {}", session.name, session.generation),
+                }));
+            }
+            Ok(Done(Written::Done))
         }
     }
 }
@@ -683,11 +845,11 @@ impl Store for PgStore {
     ) -> Result<Event, StoreError> {
         let lease = self.lease_for(workspace);
         let stored = match self
-            .write(
+            .submit(
                 "workspace create",
-                Write::Create {
-                    workspace,
-                    event,
+                batch::Owned::Create {
+                    workspace: workspace.clone(),
+                    event: event.clone(),
                     lease,
                 },
             )
@@ -807,7 +969,7 @@ impl Store for PgStore {
             });
         }
         let stored = match self
-            .write("workspace commit", Write::Commit(commit))
+            .submit("workspace commit", batch::Owned::Commit(commit.clone()))
             .await?
         {
             Written::Event(e) => e,
@@ -828,13 +990,13 @@ impl Store for PgStore {
         fence: Fence,
     ) -> Result<Event, StoreError> {
         let stored = match self
-            .write(
+            .submit(
                 "workspace delete",
-                Write::Delete {
-                    id,
+                batch::Owned::Delete {
+                    id: id.clone(),
                     expected_version,
-                    ops,
-                    event,
+                    ops: ops.to_vec(),
+                    event: event.clone(),
                     fence,
                 },
             )
@@ -849,46 +1011,15 @@ impl Store for PgStore {
     }
 
     async fn insert_op(&self, op: &Operation) -> Result<(), StoreError> {
-        let body = to_json(op).map_err(unwrap_store)?;
-        let inserted = self
-            .read(
-                "operation insert",
-                sqlx::query(
-                    "INSERT INTO ops (id, workspace_id, status, body) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(op.id.as_str())
-                .bind(op.workspace_id.as_str())
-                .bind(op.status.as_str())
-                .bind(body)
-                .execute(&self.pool),
-            )
-            .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                what: format!("operation {}", op.id),
-            });
-        }
-        Ok(())
+        self.submit("operation insert", batch::Owned::InsertOp(op.clone()))
+            .await
+            .map(|_| ())
     }
 
     async fn update_op(&self, op: &Operation) -> Result<(), StoreError> {
-        let body = to_json(op).map_err(unwrap_store)?;
-        let updated = self
-            .read(
-                "operation update",
-                sqlx::query("UPDATE ops SET status = $1, body = $2 WHERE id = $3")
-                    .bind(op.status.as_str())
-                    .bind(body)
-                    .bind(op.id.as_str())
-                    .execute(&self.pool),
-            )
-            .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: format!("operation {}", op.id),
-            });
-        }
-        Ok(())
+        self.submit("operation update", batch::Owned::UpdateOp(op.clone()))
+            .await
+            .map(|_| ())
     }
 
     async fn op(&self, id: &OpId) -> Result<Option<Operation>, StoreError> {
@@ -988,24 +1119,12 @@ impl Store for PgStore {
     }
 
     async fn update_session(&self, session: &Session) -> Result<(), StoreError> {
-        let body = to_json(session).map_err(unwrap_store)?;
-        let updated = self
-            .read(
-                "session update",
-                sqlx::query("UPDATE sessions SET body = $1 WHERE workspace_id = $2 AND name = $3 AND generation = $4")
-                    .bind(body)
-                    .bind(session.workspace_id.as_str())
-                    .bind(session.name.as_str())
-                    .bind(i64_of(session.generation.0))
-                    .execute(&self.pool),
-            )
-            .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: format!("session {} generation {}", session.name, session.generation),
-            });
-        }
-        Ok(())
+        self.submit(
+            "session update",
+            batch::Owned::UpdateSession(session.clone()),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn delete_session(
@@ -1164,16 +1283,10 @@ impl Store for PgStore {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        // The committer answers what it was given, then ends with its queue.
+        drop(self.committer.lock().take());
+        self.tasks.wait().await;
         self.pool.close().await;
-    }
-}
-
-fn unwrap_store(e: WriteError) -> StoreError {
-    match e {
-        WriteError::Store(e) => e,
-        WriteError::Sql(e) => StoreError::Unavailable {
-            message: e.to_string(),
-        },
     }
 }
 

@@ -9,6 +9,7 @@
 mod cluster;
 mod contract;
 mod events;
+mod group;
 
 use std::collections::HashSet;
 use std::sync::Arc;
