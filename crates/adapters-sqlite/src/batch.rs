@@ -1,21 +1,27 @@
 //! Group commit: the writes of the engine's hot path (a workspace's commit, create and
 //! delete, op rows, session updates) go to one committer task, which takes every write
 //! waiting once it holds the write lock (at most [`MAX_BATCH`]) and commits them in
-//! **one** transaction: `BEGIN IMMEDIATE`, then every write's statements and `COMMIT`
-//! as one multi-statement query. Two round trips to SQLite's worker thread and one WAL
-//! commit (one fsync with `synchronous=FULL`) for the whole batch, instead of two round
-//! trips and one commit per write. (Sending `BEGIN` with the statements too saves a
-//! round trip but halves the batches under load: measured, 914 against 1,491 cycles/s.)
+//! **one** transaction, in two round trips to SQLite's worker thread: `BEGIN IMMEDIATE`,
+//! then one query of three statements: an `INSERT` of every write's rows into the view
+//! [`berth_write`](PREPARE), the batch's last event number, and `COMMIT`. One WAL commit
+//! (one fsync with `synchronous=FULL`) for the whole batch.
 //!
-//! `COMMIT` can ride with the statements because a failed check stops the query before
-//! it: each conditional statement is followed by [`CHECK`], which raises an error unless
-//! that statement changed exactly one row, and SQLite stops a multi-statement query at
-//! its first error with the transaction still open, to be rolled back.
+//! Why a view: sqlx's SQLite worker sends every statement's result to the caller's task
+//! as a message of its own, and the two threads wake each other for most of them; a
+//! batch written as its writes' own statements (five or so a write) spent its time in
+//! those wake-ups. The view has no rows: its `INSTEAD OF` triggers (temporary, created
+//! on the committer's connection when it opens) carry each row to its table, in the
+//! order of the rows, and `RAISE` an error when a conditional write (a versioned update,
+//! a delete, an op insert) changed no row. SQLite stops the query at that error, before
+//! `COMMIT`, with the transaction open, to be rolled back. (Sending `BEGIN` with the rest
+//! too saves a round trip but halves the batches under load: the round trip that takes
+//! the lock is the window in which the next writes arrive.)
 //!
 //! - Each caller is answered only after `COMMIT` returned: its rows are as durable as
 //!   the database's synchronous mode makes them.
 //! - Writes are applied in the order they were submitted, so each workspace's writes
-//!   (which its gate serialises anyway) keep their order.
+//!   (which its gate serialises anyway) keep their order; events are numbered in that
+//!   order (the table's `AUTOINCREMENT` under the write lock: consecutive).
 //! - A write whose check fails (a stale version, a taken name, a vanished row) must not
 //!   fail the others: the batch is rolled back whole and each of its writes runs again
 //!   alone (the precise path, `apply`), getting its own verdict.
@@ -28,22 +34,73 @@ use berth_core::ports::{Commit, StoreError};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{
-    APPEND_EVENT, InDoubt, UPSERT_OP, UPSERT_TOKEN, Write, WriteError, Writer, Written, i64_of,
-    is_busy, no_transaction, to_json,
-};
+use crate::{Write, WriteError, Writer, Written, i64_of, is_busy, no_transaction, to_json};
 
 /// At most this many writes commit together.
 pub(crate) const MAX_BATCH: usize = 128;
 
-/// Follows a conditional statement: an error (`malformed JSON`, see [`is_check`])
-/// unless that statement changed exactly one row; no row otherwise.
-const CHECK: &str =
-    "SELECT 1 WHERE json(CASE changes() WHEN 1 THEN '0' ELSE 'berth: check failed' END) IS NULL;";
+/// The message of the error a trigger raises when a conditional write changed no row.
+const CHECK_FAILED: &str = "berth: check failed";
 
-/// Whether `e` is a failed [`CHECK`].
+/// Run on the committer's connection when it opens: the view `berth_write` and its
+/// triggers (temporary: they live and die with the connection, and no other connection
+/// sees them). A row is `(kind, k1 … k6)`; each kind's trigger says what its columns
+/// hold.
+pub(crate) const PREPARE: &str = "
+CREATE TEMP VIEW berth_write (kind, k1, k2, k3, k4, k5, k6) AS
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
+-- (id, name, state, runtime, version, body)
+CREATE TEMP TRIGGER berth_create INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'create' BEGIN
+    INSERT INTO workspace_order (workspace_id) VALUES (NEW.k1);
+    INSERT INTO workspaces (id, created_seq, name, state, runtime, version, body)
+        VALUES (NEW.k1, last_insert_rowid(), NEW.k2, NEW.k3, NEW.k4, NEW.k5, NEW.k6);
+END;
+-- (id, name, state, version, body, expected version)
+CREATE TEMP TRIGGER berth_commit INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'commit' BEGIN
+    UPDATE workspaces SET name = NEW.k2, state = NEW.k3, version = NEW.k4, body = NEW.k5
+        WHERE id = NEW.k1 AND version = NEW.k6;
+    SELECT RAISE(ABORT, 'berth: check failed') WHERE changes() <> 1;
+END;
+-- (hash, workspace id, incarnation)
+CREATE TEMP TRIGGER berth_token INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'token' BEGIN
+    INSERT INTO tokens (hash, workspace_id, incarnation) VALUES (NEW.k1, NEW.k2, NEW.k3)
+        ON CONFLICT (hash) DO UPDATE SET workspace_id = excluded.workspace_id, incarnation = excluded.incarnation;
+END;
+-- (id, workspace id, status, body): inserted or overwritten
+CREATE TEMP TRIGGER berth_op INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'op' BEGIN
+    INSERT INTO ops (id, workspace_id, status, body) VALUES (NEW.k1, NEW.k2, NEW.k3, NEW.k4)
+        ON CONFLICT (id) DO UPDATE SET status = excluded.status, body = excluded.body;
+END;
+-- (id, workspace id, status, body): inserted, never overwritten
+CREATE TEMP TRIGGER berth_op_insert INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'op_insert' BEGIN
+    INSERT INTO ops (id, workspace_id, status, body) VALUES (NEW.k1, NEW.k2, NEW.k3, NEW.k4)
+        ON CONFLICT (id) DO NOTHING;
+    SELECT RAISE(ABORT, 'berth: check failed') WHERE changes() <> 1;
+END;
+-- (id, -, status, body): an existing op
+CREATE TEMP TRIGGER berth_op_update INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'op_update' BEGIN
+    UPDATE ops SET status = NEW.k3, body = NEW.k4 WHERE id = NEW.k1;
+    SELECT RAISE(ABORT, 'berth: check failed') WHERE changes() <> 1;
+END;
+-- (workspace id, name, generation, body): an existing session
+CREATE TEMP TRIGGER berth_session INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'session' BEGIN
+    UPDATE sessions SET body = NEW.k4 WHERE workspace_id = NEW.k1 AND name = NEW.k2 AND generation = NEW.k3;
+    SELECT RAISE(ABORT, 'berth: check failed') WHERE changes() <> 1;
+END;
+-- (id, expected version); sessions, tokens and pools' rows go by cascade
+CREATE TEMP TRIGGER berth_delete INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'delete' BEGIN
+    DELETE FROM workspaces WHERE id = NEW.k1 AND version = NEW.k2;
+    SELECT RAISE(ABORT, 'berth: check failed') WHERE changes() <> 1;
+END;
+-- (workspace id, body)
+CREATE TEMP TRIGGER berth_event INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'event' BEGIN
+    INSERT INTO events (workspace_id, body) VALUES (NEW.k1, NEW.k2);
+END;
+";
+
+/// Whether `e` is a failed check (a conditional write that changed no row).
 fn is_check(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.message() == "malformed JSON")
+    matches!(e, sqlx::Error::Database(db) if db.message() == CHECK_FAILED)
 }
 
 /// A write the committer takes: owned, so it can cross to the committer's task.
@@ -91,58 +148,76 @@ impl Owned {
 enum Value {
     Text(String),
     Int(i64),
+    Null,
 }
 
-/// A write's statements for a batch, and the rows they return when every check holds.
+/// One row of `berth_write`: its kind and `k1 … k6`.
+type Row7 = (&'static str, [Value; 6]);
+
+/// A write's rows for a batch.
 #[derive(Debug)]
 struct Script {
-    sql: String,
-    binds: Vec<Value>,
-    /// The event it appends, numbered by the `appended_seq` its statements return.
+    rows: Vec<Row7>,
+    /// The event it appends (numbered after the batch committed).
     event: Option<NewEvent>,
     /// A workspace commit (answered with its event or `None`).
     commit: bool,
 }
 
 fn script(write: &Owned) -> Result<Script, WriteError> {
-    use Value::{Int, Text};
+    use Value::{Int, Null, Text};
     let mut s = Script {
-        sql: String::new(),
-        binds: Vec::new(),
+        rows: Vec::new(),
         event: None,
         commit: false,
     };
-    let ops = |s: &mut Script, ops: &[Operation]| -> Result<(), WriteError> {
-        for op in ops {
-            s.sql.push_str(UPSERT_OP);
-            s.binds.extend([
+    let op_row = |kind: &'static str, op: &Operation| -> Result<Row7, WriteError> {
+        Ok((
+            kind,
+            [
                 Text(op.id.to_string()),
                 Text(op.workspace_id.to_string()),
                 Text(op.status.as_str().to_owned()),
                 Text(to_json(op)?),
-            ]);
+                Null,
+                Null,
+            ],
+        ))
+    };
+    let ops = |s: &mut Script, ops: &[Operation]| -> Result<(), WriteError> {
+        for op in ops {
+            s.rows.push(op_row("op", op)?);
         }
         Ok(())
     };
     let append = |s: &mut Script, e: &NewEvent| -> Result<(), WriteError> {
-        s.sql.push_str(APPEND_EVENT);
-        s.binds
-            .extend([Text(e.workspace_id.to_string()), Text(to_json(e)?)]);
+        s.rows.push((
+            "event",
+            [
+                Text(e.workspace_id.to_string()),
+                Text(to_json(e)?),
+                Null,
+                Null,
+                Null,
+                Null,
+            ],
+        ));
         s.event = Some(e.clone());
         Ok(())
     };
     match write {
         Owned::Create(ws, e) => {
-            s.sql.push_str("INSERT INTO workspace_order (workspace_id) VALUES (?); INSERT INTO workspaces (id, created_seq, name, state, runtime, version, body) VALUES (?, last_insert_rowid(), ?, ?, ?, ?, ?);");
-            s.binds.extend([
-                Text(ws.id.to_string()),
-                Text(ws.id.to_string()),
-                Text(ws.name.to_string()),
-                Text(ws.state.as_str().to_owned()),
-                Text(ws.runtime.as_str().to_owned()),
-                Int(i64_of(ws.version)),
-                Text(to_json(ws)?),
-            ]);
+            s.rows.push((
+                "create",
+                [
+                    Text(ws.id.to_string()),
+                    Text(ws.name.to_string()),
+                    Text(ws.state.as_str().to_owned()),
+                    Text(ws.runtime.as_str().to_owned()),
+                    Int(i64_of(ws.version)),
+                    Text(to_json(ws)?),
+                ],
+            ));
             append(&mut s, e)?;
         }
         Owned::Commit(c) => {
@@ -153,26 +228,30 @@ fn script(write: &Owned) -> Result<Script, WriteError> {
                     what: format!("workspace {} (version must advance by one)", ws.id),
                 }));
             }
-            s.sql.push_str(
-                "UPDATE workspaces SET name = ?, state = ?, version = ?, body = ? WHERE id = ? AND version = ?;",
-            );
-            s.sql.push_str(CHECK);
-            s.binds.extend([
-                Text(ws.name.to_string()),
-                Text(ws.state.as_str().to_owned()),
-                Int(i64_of(ws.version)),
-                Text(to_json(ws)?),
-                Text(ws.id.to_string()),
-                Int(i64_of(c.expected_version)),
-            ]);
+            s.rows.push((
+                "commit",
+                [
+                    Text(ws.id.to_string()),
+                    Text(ws.name.to_string()),
+                    Text(ws.state.as_str().to_owned()),
+                    Int(i64_of(ws.version)),
+                    Text(to_json(ws)?),
+                    Int(i64_of(c.expected_version)),
+                ],
+            ));
             s.commit = true;
             if let Some(hash) = &c.token {
-                s.sql.push_str(UPSERT_TOKEN);
-                s.binds.extend([
-                    Text(hash.to_hex()),
-                    Text(ws.id.to_string()),
-                    Int(i64_of(ws.incarnation.0)),
-                ]);
+                s.rows.push((
+                    "token",
+                    [
+                        Text(hash.to_hex()),
+                        Text(ws.id.to_string()),
+                        Int(i64_of(ws.incarnation.0)),
+                        Null,
+                        Null,
+                        Null,
+                    ],
+                ));
             }
             ops(&mut s, &c.ops)?;
             if let Some(e) = &c.event {
@@ -185,44 +264,33 @@ fn script(write: &Owned) -> Result<Script, WriteError> {
             ops: rows,
             event,
         } => {
-            s.sql
-                .push_str("DELETE FROM workspaces WHERE id = ? AND version = ?;");
-            s.sql.push_str(CHECK);
-            s.binds
-                .extend([Text(id.to_string()), Int(i64_of(*expected_version))]);
+            s.rows.push((
+                "delete",
+                [
+                    Text(id.to_string()),
+                    Int(i64_of(*expected_version)),
+                    Null,
+                    Null,
+                    Null,
+                    Null,
+                ],
+            ));
             ops(&mut s, rows)?;
             append(&mut s, event)?;
         }
-        Owned::InsertOp(op) => {
-            s.sql.push_str("INSERT INTO ops (id, workspace_id, status, body) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING;");
-            s.sql.push_str(CHECK);
-            s.binds.extend([
-                Text(op.id.to_string()),
-                Text(op.workspace_id.to_string()),
-                Text(op.status.as_str().to_owned()),
-                Text(to_json(op)?),
-            ]);
-        }
-        Owned::UpdateOp(op) => {
-            s.sql
-                .push_str("UPDATE ops SET status = ?, body = ? WHERE id = ?;");
-            s.sql.push_str(CHECK);
-            s.binds.extend([
-                Text(op.status.as_str().to_owned()),
-                Text(to_json(op)?),
-                Text(op.id.to_string()),
-            ]);
-        }
-        Owned::UpdateSession(session) => {
-            s.sql.push_str("UPDATE sessions SET body = ? WHERE workspace_id = ? AND name = ? AND generation = ?;");
-            s.sql.push_str(CHECK);
-            s.binds.extend([
-                Text(to_json(session)?),
+        Owned::InsertOp(op) => s.rows.push(op_row("op_insert", op)?),
+        Owned::UpdateOp(op) => s.rows.push(op_row("op_update", op)?),
+        Owned::UpdateSession(session) => s.rows.push((
+            "session",
+            [
                 Text(session.workspace_id.to_string()),
                 Text(session.name.to_string()),
                 Int(i64_of(session.generation.0)),
-            ]);
-        }
+                Text(to_json(session)?),
+                Null,
+                Null,
+            ],
+        )),
     }
     Ok(s)
 }
@@ -264,11 +332,21 @@ pub(crate) async fn run(
     mut jobs: mpsc::Receiver<Job>,
     counters: std::sync::Arc<Counters>,
 ) {
+    // The committer has a connection of its own, kept between batches: taking one from
+    // a pool and giving it back costs more than a small batch's statements. (The
+    // writer pool's connection serves the writes that run alone; SQLite's write lock
+    // orders the two.)
+    let mut conn = None;
     while let Some(first) = jobs.recv().await {
         let mut batch = Batch::default();
         batch.add(&writer, first).await;
         batch.take_waiting(&writer, &mut jobs).await;
-        commit(&writer, batch, &mut jobs, &counters).await;
+        commit(&writer, &mut conn, batch, &mut jobs, &counters).await;
+    }
+    if let Some(c) = conn
+        && let Err(e) = sqlx::Connection::close(c).await
+    {
+        tracing::warn!(error = %e, "closing the committer's connection");
     }
 }
 
@@ -308,6 +386,7 @@ impl Batch {
 
 async fn commit(
     writer: &Writer,
+    conn: &mut Option<sqlx::SqliteConnection>,
     mut batch: Batch,
     jobs: &mut mpsc::Receiver<Job>,
     counters: &Counters,
@@ -319,7 +398,7 @@ async fn commit(
     let started = tokio::time::Instant::now();
     let mut backoff = std::time::Duration::from_millis(5);
     let outcome = loop {
-        match once(writer, &mut batch, jobs).await {
+        match once(writer, conn, &mut batch, jobs).await {
             Outcome::Failed(e)
                 if is_busy(&e) && started.elapsed() < writer.options.lock_deadline =>
             {
@@ -360,46 +439,91 @@ async fn commit(
 /// One attempt: `BEGIN IMMEDIATE`; then every write waiting by now joins (the round
 /// trip that takes the lock is also the window in which the next writes arrive), and
 /// their statements run as one query that ends with `COMMIT`.
-async fn once(writer: &Writer, batch: &mut Batch, jobs: &mut mpsc::Receiver<Job>) -> Outcome {
-    let mut conn = match writer.pool.acquire().await {
-        Ok(c) => InDoubt::arm(c),
-        Err(e) => return Outcome::Failed(e),
+async fn once(
+    writer: &Writer,
+    held: &mut Option<sqlx::SqliteConnection>,
+    batch: &mut Batch,
+    jobs: &mut mpsc::Receiver<Job>,
+) -> Outcome {
+    let conn = match held {
+        Some(c) => c,
+        None => match open(writer).await {
+            Ok(c) => held.insert(c),
+            Err(e) => return Outcome::Failed(e),
+        },
     };
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut **conn.get())
-        .await
-    {
+    let mut keep = false;
+    let outcome = attempt(conn, &mut keep, writer, batch, jobs).await;
+    if !keep && let Some(c) = held.take() {
+        // In an unknown state: closed, and the next batch opens a fresh one.
+        if let Err(e) = sqlx::Connection::close(c).await {
+            tracing::debug!(error = %e, "closing the committer's connection");
+        }
+    }
+    outcome
+}
+
+/// Opens the committer's connection, with [`PREPARE`] run on it.
+async fn open(writer: &Writer) -> Result<sqlx::SqliteConnection, sqlx::Error> {
+    let mut conn = writer.connect().await?;
+    sqlx::query(PREPARE).execute(&mut conn).await?;
+    Ok(conn)
+}
+
+/// [`once`] on the committer's connection; sets `keep` when it may be used again
+/// (committed, rolled back, or never begun).
+async fn attempt(
+    conn: &mut sqlx::SqliteConnection,
+    keep: &mut bool,
+    writer: &Writer,
+    batch: &mut Batch,
+    jobs: &mut mpsc::Receiver<Job>,
+) -> Outcome {
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
         // Nothing began; a busy database leaves the connection as it was.
         if is_busy(&e) {
-            conn.keep();
+            *keep = true;
         }
         return Outcome::Failed(e);
     }
     // Whatever arrived while the lock was being taken commits with this batch.
     batch.take_waiting(writer, jobs).await;
-    let mut sql = String::new();
     let scripts = &batch.scripts;
-    for s in scripts {
-        sql.push_str(&s.sql);
+    let rows = scripts.iter().map(|s| s.rows.len()).sum::<usize>();
+    let events = scripts.iter().filter(|s| s.event.is_some()).count();
+    let mut sql = String::with_capacity(64 + rows * 16);
+    sql.push_str("INSERT INTO temp.berth_write (kind, k1, k2, k3, k4, k5, k6) VALUES ");
+    for i in 0..rows {
+        sql.push_str(if i == 0 {
+            "(?,?,?,?,?,?,?)"
+        } else {
+            ",(?,?,?,?,?,?,?)"
+        });
+    }
+    sql.push(';');
+    if events > 0 {
+        sql.push_str("SELECT seq AS appended_seq FROM sqlite_sequence WHERE name = 'events';");
     }
     sql.push_str("COMMIT;");
     let mut q = sqlx::query(&sql);
-    for s in scripts {
-        for v in &s.binds {
+    for (kind, values) in scripts.iter().flat_map(|s| &s.rows) {
+        q = q.bind(*kind);
+        for v in values {
             q = match v {
                 Value::Text(t) => q.bind(t.as_str()),
                 Value::Int(i) => q.bind(*i),
+                Value::Null => q.bind(None::<i64>),
             };
         }
     }
-    let verdict = match q.fetch_all(&mut **conn.get()).await {
+    let verdict = match q.fetch_all(&mut *conn).await {
         // Every statement ran, `COMMIT` too.
         Ok(rows) => {
-            conn.keep();
-            return match results(&rows, scripts) {
+            *keep = true;
+            return match results(&rows, scripts, events) {
                 Some(results) => Outcome::Committed(results),
                 None => Outcome::Failed(sqlx::Error::Protocol(
-                    "a committed batch returned rows that do not match its writes".into(),
+                    "a committed batch returned no event number".into(),
                 )),
             };
         }
@@ -411,33 +535,40 @@ async fn once(writer: &Writer, batch: &mut Batch, jobs: &mut mpsc::Receiver<Job>
         }
         Err(e) => Outcome::Failed(e),
     };
-    match sqlx::query("ROLLBACK").execute(&mut **conn.get()).await {
-        Ok(_) => conn.keep(),
-        Err(e) if no_transaction(&e) => conn.keep(),
+    match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+        Ok(_) => *keep = true,
+        Err(e) if no_transaction(&e) => *keep = true,
         Err(e) => tracing::warn!(error = %e, "rollback failed; discarding the connection"),
     }
     if let Outcome::Failed(e) = &verdict
         && is_busy(e)
     {
-        conn.keep();
+        *keep = true;
     }
     verdict
 }
 
-/// Each script's result, numbering its event by the `appended_seq` rows in order;
-/// `None` when the rows do not match the scripts.
-fn results(rows: &[sqlx::sqlite::SqliteRow], scripts: &[Script]) -> Option<Vec<Written>> {
-    let expected = scripts.iter().filter(|s| s.event.is_some()).count();
-    if rows.len() != expected {
-        return None;
-    }
-    let mut rows = rows.iter();
+/// Each script's result; the batch's `events` are numbered consecutively up to the
+/// last number the query returned. `None` when it returned none.
+fn results(
+    rows: &[sqlx::sqlite::SqliteRow],
+    scripts: &[Script],
+    events: usize,
+) -> Option<Vec<Written>> {
+    let mut next = match rows {
+        [] if events == 0 => 0,
+        [row] => {
+            let last = u64::try_from(row.try_get::<i64, _>("appended_seq").ok()?).ok()?;
+            (last + 1).checked_sub(events as u64)?
+        }
+        _ => return None,
+    };
     let mut out = Vec::with_capacity(scripts.len());
     for s in scripts {
         out.push(match &s.event {
             Some(event) => {
-                let seq =
-                    u64::try_from(rows.next()?.try_get::<i64, _>("appended_seq").ok()?).ok()?;
+                let seq = next;
+                next += 1;
                 Written::Event(Some(Event {
                     seq,
                     event: event.clone(),

@@ -147,6 +147,8 @@ pub(crate) struct Writer {
     pub(crate) pool: SqlitePool,
     pub(crate) options: SqliteOptions,
     closed: Arc<AtomicBool>,
+    /// How the group committer opens its own connection.
+    connect: SqliteConnectOptions,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -244,7 +246,7 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(options.lock_deadline)
-            .connect_with(connect.read_only(true))
+            .connect_with(connect.clone().read_only(true))
             .await
             .map_err(db)?;
         let closed = Arc::new(AtomicBool::new(false));
@@ -252,6 +254,7 @@ impl SqliteStore {
             pool: writer,
             options: options.clone(),
             closed: Arc::clone(&closed),
+            connect,
         };
         let (jobs, queue) = tokio::sync::mpsc::channel(4 * batch::MAX_BATCH);
         let tasks = tokio_util::task::TaskTracker::new();
@@ -349,6 +352,12 @@ impl SqliteStore {
 }
 
 impl Writer {
+    /// Opens a writer connection outside the pool (the group committer's).
+    pub(crate) async fn connect(&self) -> Result<sqlx::SqliteConnection, sqlx::Error> {
+        use sqlx::ConnectOptions as _;
+        self.connect.connect().await
+    }
+
     pub(crate) fn map(&self, e: sqlx::Error, what: &str) -> StoreError {
         match e {
             sqlx::Error::PoolClosed => StoreError::Closed,
@@ -485,11 +494,6 @@ impl InDoubt {
             Err(WriteError::Sql(e)) if is_busy(e) => self.armed = false,
             Err(WriteError::Sql(_)) => self.discard(),
         }
-    }
-
-    /// Keeps the connection (the transaction was committed or rolled back).
-    pub(crate) fn keep(&mut self) {
-        self.armed = false;
     }
 
     fn discard(&mut self) {
