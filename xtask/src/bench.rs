@@ -311,7 +311,8 @@ async fn p1_rows(root: &Path, quick: bool) -> Result<Vec<Row>> {
     for _ in 0..runs {
         let n = sequential as u32 * TRANSITIONS_PER_CYCLE;
         alone_seq.push(time_memory_cycles(1, sequential).await? / f64::from(n));
-        alone_cps.push((workers * per_worker) as f64 / time_memory_cycles(workers, per_worker).await?);
+        alone_cps
+            .push((workers * per_worker) as f64 / time_memory_cycles(workers, per_worker).await?);
     }
     let (alone_seq, alone_cps) = (median(alone_seq), median(alone_cps));
     for durability in [Durability::Normal, Durability::Full] {
@@ -449,28 +450,32 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
     engine.shutdown().await;
     let _ = tmux(runtime.socket(), &["kill-server"]).await;
     let _ = std::fs::remove_dir_all(&dir);
+    // The slowest cycle too: a median hides a stop that takes its whole grace.
+    let slowest = berth.iter().copied().fold(0.0, f64::max);
     let (b, r) = (median(berth), median(raw));
     let ratio = b / r;
     let verdict = if ratio <= 0.6 {
-        "pass (stretch met)"
-    } else if ratio <= 1.0 {
         "pass"
     } else {
-        "FAIL (above 1.0×)"
+        "FAIL (above 0.6×)"
     };
     Ok(Row {
         id: "P2",
         case: "tmux workspace: create+start, stop+delete (engine, SQLite store, tmux runtime)"
             .into(),
-        berth: format!("{:.2} ms/cycle", b * 1e3),
+        berth: format!(
+            "{:.2} ms/cycle (median); slowest {:.2} ms",
+            b * 1e3,
+            slowest * 1e3
+        ),
         baseline: format!(
             "{:.2} ms/cycle (`tmux new-session -d` + `tmux kill-session`)",
             r * 1e3
         ),
         ratio: Some(ratio),
-        target: "≤ 1.0×; stretch ≤ 0.6×".into(),
+        target: "≤ 0.6×".into(),
         verdict: verdict.into(),
-        extra: json!({ "berth_ms": b * 1e3, "raw_cli_ms": r * 1e3, "cycles": cycles }),
+        extra: json!({ "berth_ms": b * 1e3, "berth_slowest_ms": slowest * 1e3, "raw_cli_ms": r * 1e3, "cycles": cycles }),
     })
 }
 

@@ -224,6 +224,66 @@ impl Pane {
     }
 }
 
+/// The command of a pane whose stop came while its launcher was still starting it.
+///
+/// The launcher traps SIGTERM (see `launcher::script`), so a SIGTERM that reaches it
+/// before its command runs is taken by the trap (the launcher checks for it, but the
+/// shell runs a trap's action only between commands), and the command it forks next
+/// never sees the signal: it ran until the stop's grace ended, then got SIGKILL (a stop
+/// right after a start took the whole grace about once in thirty). While a stop waits,
+/// this finds the processes that missed the signal: the first children of a launcher
+/// that had none when signalled, and a process that exec'd after it was signalled (its
+/// name changed: a child forked just before the signal took it in the launcher's
+/// handler). Processes a command starts while it shuts down are left alone.
+struct LateStart {
+    leader: i32,
+    /// Whether the launcher had started anything when signalled.
+    started: bool,
+    /// Each signalled process's name when it was signalled.
+    names: std::collections::HashMap<i32, Option<String>>,
+}
+
+impl LateStart {
+    fn new(leader: i32, signalled: &[i32]) -> Self {
+        Self {
+            leader,
+            started: signalled.iter().any(|p| *p != leader),
+            names: signalled
+                .iter()
+                .filter(|p| **p != leader)
+                .map(|p| (*p, procs::comm(*p)))
+                .collect(),
+        }
+    }
+
+    /// The processes to signal now (each at most once more).
+    fn missed(&mut self, signalled: &[i32]) -> Vec<i32> {
+        let mut out = Vec::new();
+        if !self.started {
+            let children: Vec<i32> = procs::tree(self.leader)
+                .into_iter()
+                .filter(|p| *p != self.leader && !signalled.contains(p))
+                .collect();
+            if !children.is_empty() {
+                self.started = true;
+                for p in children {
+                    self.names.insert(p, procs::comm(p));
+                    out.push(p);
+                }
+                return out;
+            }
+        }
+        for (pid, name) in &mut self.names {
+            let now = procs::comm(*pid);
+            if now.is_some() && now != *name {
+                *name = now;
+                out.push(*pid);
+            }
+        }
+        out
+    }
+}
+
 fn main_name(ws: &WorkspaceId) -> String {
     format!("bw-{}", ws.as_str().trim_start_matches("ws-"))
 }
@@ -828,7 +888,7 @@ impl TmuxRuntime {
                 pids.dedup();
                 pids
             };
-            let pids = members(pane.pid);
+            let mut pids = members(pane.pid);
             // Decided once: the group was ours when the stop began, and the stop lasts
             // at most the grace period (pid reuse within it would need the pid space to
             // wrap in seconds). A leader already gone means its members were scanned.
@@ -838,6 +898,7 @@ impl TmuxRuntime {
                     procs::kill_group(pane.pid, Signal::SIGTERM);
                 }
                 procs::signal_all(&pids, Signal::SIGTERM);
+                let mut late = LateStart::new(pane.pid, &pids);
                 let deadline = tokio::time::Instant::now() + grace;
                 // Most processes end within milliseconds of SIGTERM (the launcher
                 // records the exit status, then exits): poll finely at first, then back
@@ -848,6 +909,11 @@ impl TmuxRuntime {
                     && tokio::time::Instant::now() < deadline
                 {
                     tokio::time::sleep(pause).await;
+                    let missed = late.missed(&pids);
+                    if !missed.is_empty() {
+                        procs::signal_all(&missed, Signal::SIGTERM);
+                        pids.extend(missed);
+                    }
                     let cap = if began.elapsed() < Duration::from_millis(50) {
                         Duration::from_millis(1)
                     } else {
@@ -1479,7 +1545,122 @@ impl ProcessRuntime for TmuxRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::launcher_of;
+    use super::{LateStart, launcher_of, procs};
+
+    /// A shell that runs `script` and is killed when dropped.
+    struct Shell(std::process::Child);
+
+    impl Shell {
+        fn new(script: &str) -> Self {
+            Self(
+                std::process::Command::new("/bin/sh")
+                    .args(["-c", script])
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+
+        fn pid(&self) -> i32 {
+            i32::try_from(self.0.id()).unwrap()
+        }
+    }
+
+    impl Drop for Shell {
+        fn drop(&mut self) {
+            for p in procs::tree(self.pid()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Waits (bounded) until `ready` holds; the test fails otherwise.
+    fn until(what: &str, ready: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ready() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    fn children(pid: i32) -> Vec<i32> {
+        procs::tree(pid).into_iter().filter(|p| *p != pid).collect()
+    }
+
+    #[test]
+    fn a_command_started_after_the_stop_signal_is_signalled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let go = dir.path().join("go");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&go)
+                .status()
+                .unwrap()
+                .success()
+        );
+        // A launcher with nothing started yet: it waits for `go`, then starts a command.
+        let leader = Shell::new(&format!("read x < '{}'; sleep 100 & wait", go.display()));
+        let pid = leader.pid();
+        until("the launcher to wait", || {
+            std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                .is_ok_and(|w| w == "wait_for_partner")
+        });
+        let mut late = LateStart::new(pid, &[pid]);
+        assert!(late.missed(&[pid]).is_empty(), "nothing started yet");
+        std::fs::write(&go, "go\n").unwrap();
+        until("the command to start", || !children(pid).is_empty());
+        let command = children(pid);
+        assert_eq!(
+            late.missed(&[pid]),
+            command,
+            "the late command is signalled"
+        );
+        let mut signalled = vec![pid];
+        signalled.extend(&command);
+        assert!(late.missed(&signalled).is_empty(), "and only once");
+    }
+
+    #[test]
+    fn a_process_that_execs_after_the_stop_signal_is_signalled_again_and_new_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let go = dir.path().join("go");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&go)
+                .status()
+                .unwrap()
+                .success()
+        );
+        // A launcher whose child is still a shell when signalled, and execs later; a
+        // helper started after the signal is the command's own business.
+        let leader = Shell::new(&format!(
+            "(read x < '{go}'; exec sleep 100) & wait",
+            go = go.display()
+        ));
+        let pid = leader.pid();
+        until("the child to start", || !children(pid).is_empty());
+        let child = children(pid);
+        let mut signalled = vec![pid];
+        signalled.extend(&child);
+        let mut late = LateStart::new(pid, &signalled);
+        assert!(
+            late.missed(&signalled).is_empty(),
+            "the child has not exec'd"
+        );
+        std::fs::write(&go, "go\n").unwrap();
+        until("the child to exec", || {
+            procs::comm(child[0]).is_some_and(|c| c.trim() == "sleep")
+        });
+        assert_eq!(
+            late.missed(&signalled),
+            child,
+            "signalled again after its exec"
+        );
+        assert!(late.missed(&signalled).is_empty(), "once");
+    }
 
     #[test]
     fn launcher_files_match_their_session_exactly() {

@@ -67,6 +67,11 @@ fn stat(pid: i32) -> Option<(i32, char)> {
     Some((ppid, state))
 }
 
+/// The command name of `pid` (`/proc/<pid>/comm`; it changes when the process execs).
+pub(crate) fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()
+}
+
 /// Whether `pid` is a live process (zombies count as gone).
 pub(crate) fn alive(pid: i32) -> bool {
     matches!(stat(pid), Some((_, state)) if state != 'Z' && state != 'X')
