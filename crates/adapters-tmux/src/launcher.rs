@@ -55,7 +55,7 @@ pub(crate) fn script(
     secret: Option<(&str, &str)>,
 ) -> String {
     let mut s = String::from(
-        "#!/bin/sh\n# Written by berth: runs one workspace command. Do not edit.\ntrap 'BERTH_STOPPING=1' TERM\n",
+        "#!/bin/sh\n# Written by berth: runs one workspace command. Do not edit.\nunset BERTH_STOPPING\ntrap 'BERTH_STOPPING=1' TERM\n",
     );
     let (record_file, mark) = record;
     let _ = writeln!(
@@ -106,6 +106,38 @@ pub(crate) fn script(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The note of a stop is the script's own: the same name in the environment it
+    /// inherits (from the tmux server, say) neither stops the command nor reaches it.
+    #[test]
+    fn an_inherited_stop_note_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = dir.path().join("seen");
+        let text = script(
+            None,
+            &BTreeMap::new(),
+            &[
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "printf '%s' \"${{BERTH_STOPPING-unset}}\" > '{}'",
+                    seen.display()
+                ),
+            ],
+            &dir.path().join("exit").display().to_string(),
+            (&dir.path().join("record").display().to_string(), "mark"),
+            None,
+        );
+        let path = dir.path().join("launcher");
+        std::fs::write(&path, text).unwrap();
+        let status = std::process::Command::new("/bin/sh")
+            .arg(&path)
+            .env("BERTH_STOPPING", "1")
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(0));
+        assert_eq!(std::fs::read_to_string(&seen).unwrap(), "unset");
+    }
 
     /// A stop that comes while the script sets up (here: while it waits to write its
     /// record, a FIFO nobody reads until the signal was sent) ends the script before the
@@ -202,7 +234,10 @@ mod tests {
             text.contains("\nIFS= read -r BERTH_WORKSPACE_TOKEN < '/d/x.token' || { echo 'berth: BERTH_WORKSPACE_TOKEN was not delivered' >&2; exit 125; }\nexport BERTH_WORKSPACE_TOKEN\ncd '/w'"),
             "{text}"
         );
-        assert!(text.contains("\ntrap 'BERTH_STOPPING=1' TERM\n"), "{text}");
+        assert!(
+            text.contains("\nunset BERTH_STOPPING\ntrap 'BERTH_STOPPING=1' TERM\n"),
+            "{text}"
+        );
         assert!(
             text.contains("\nprintf '%s %s\\n' \"$$\" 'v1 en-1 ws-1 1 main - 0 5' > '/d/x.pid'\n"),
             "{text}"

@@ -233,14 +233,16 @@ impl Pane {
 /// right after a start took the whole grace about once in thirty). While a stop waits,
 /// this finds the processes that missed the signal: the first children of a launcher
 /// that had none when signalled, and a process that exec'd after it was signalled (its
-/// name changed: a child forked just before the signal took it in the launcher's
-/// handler). Processes a command starts while it shuts down are left alone.
+/// command line changed: a child forked just before the signal took it in the
+/// launcher's handler). Each is signalled once more at most; only processes still in
+/// the launcher's tree count (a pid that exited and was reused is not ours). Processes a
+/// command starts while it shuts down are left alone.
 struct LateStart {
     leader: i32,
     /// Whether the launcher had started anything when signalled.
     started: bool,
-    /// Each signalled process's name when it was signalled.
-    names: std::collections::HashMap<i32, Option<String>>,
+    /// Signalled processes not signalled again yet, with their command line then.
+    lines: std::collections::HashMap<i32, Option<Vec<u8>>>,
 }
 
 impl LateStart {
@@ -248,37 +250,41 @@ impl LateStart {
         Self {
             leader,
             started: signalled.iter().any(|p| *p != leader),
-            names: signalled
+            lines: signalled
                 .iter()
                 .filter(|p| **p != leader)
-                .map(|p| (*p, procs::comm(*p)))
+                .map(|p| (*p, procs::cmdline(*p)))
                 .collect(),
         }
     }
 
     /// The processes to signal now (each at most once more).
     fn missed(&mut self, signalled: &[i32]) -> Vec<i32> {
-        let mut out = Vec::new();
+        let tree = procs::tree(self.leader);
         if !self.started {
-            let children: Vec<i32> = procs::tree(self.leader)
-                .into_iter()
+            let children: Vec<i32> = tree
+                .iter()
+                .copied()
                 .filter(|p| *p != self.leader && !signalled.contains(p))
                 .collect();
             if !children.is_empty() {
                 self.started = true;
-                for p in children {
-                    self.names.insert(p, procs::comm(p));
-                    out.push(p);
-                }
-                return out;
+                return children;
             }
         }
-        for (pid, name) in &mut self.names {
-            let now = procs::comm(*pid);
-            if now.is_some() && now != *name {
-                *name = now;
-                out.push(*pid);
-            }
+        let out: Vec<i32> = self
+            .lines
+            .iter()
+            .filter(|(pid, then)| {
+                tree.contains(pid) && {
+                    let now = procs::cmdline(**pid);
+                    now.is_some() && now != **then
+                }
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in &out {
+            self.lines.remove(pid);
         }
         out
     }
@@ -1652,7 +1658,7 @@ mod tests {
         );
         std::fs::write(&go, "go\n").unwrap();
         until("the child to exec", || {
-            procs::comm(child[0]).is_some_and(|c| c.trim() == "sleep")
+            procs::cmdline(child[0]).is_some_and(|c| c.starts_with(b"sleep"))
         });
         assert_eq!(
             late.missed(&signalled),

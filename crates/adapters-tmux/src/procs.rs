@@ -67,9 +67,10 @@ fn stat(pid: i32) -> Option<(i32, char)> {
     Some((ppid, state))
 }
 
-/// The command name of `pid` (`/proc/<pid>/comm`; it changes when the process execs).
-pub(crate) fn comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()
+/// The command line of `pid` (`/proc/<pid>/cmdline`; it changes when the process
+/// execs, also from one shell to another).
+pub(crate) fn cmdline(pid: i32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/cmdline")).ok()
 }
 
 /// Whether `pid` is a live process (zombies count as gone).
