@@ -39,8 +39,9 @@ use crate::{Write, WriteError, Writer, Written, i64_of, is_busy, no_transaction,
 /// At most this many writes commit together.
 pub(crate) const MAX_BATCH: usize = 128;
 
-/// The message of the error a trigger raises when a conditional write changed no row.
-const CHECK_FAILED: &str = "berth: check failed";
+/// At most this many rows of `berth_write` in one batch (seven values each, within
+/// SQLite's 32,766 bound values).
+const MAX_ROWS: usize = 4_000;
 
 /// Run on the committer's connection when it opens: the view `berth_write` and its
 /// triggers (temporary: they live and die with the connection, and no other connection
@@ -98,9 +99,18 @@ CREATE TEMP TRIGGER berth_event INSTEAD OF INSERT ON berth_write WHEN NEW.kind =
 END;
 ";
 
-/// Whether `e` is a failed check (a conditional write that changed no row).
-fn is_check(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.message() == CHECK_FAILED)
+/// Whether `e` can be one write's doing: a failed check (`berth: check failed`), a
+/// constraint, a value SQLite refuses. Then each write runs again alone, so that only
+/// that write fails. The database's own failures (busy, out of memory, read-only, I/O,
+/// corruption, a full disk, a file it cannot open) fail the whole batch.
+fn one_writes_fault(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
+            !matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 26)
+        }
+        _ => false,
+    }
 }
 
 /// A write the committer takes: owned, so it can cross to the committer's task.
@@ -339,8 +349,8 @@ pub(crate) async fn run(
     let mut conn = None;
     while let Some(first) = jobs.recv().await {
         let mut batch = Batch::default();
-        batch.add(&writer, first).await;
-        batch.take_waiting(&writer, &mut jobs).await;
+        batch.add(first);
+        batch.take_waiting(&mut jobs);
         commit(&writer, &mut conn, batch, &mut jobs, &counters).await;
     }
     if let Some(c) = conn
@@ -355,29 +365,31 @@ pub(crate) async fn run(
 struct Batch {
     jobs: Vec<Job>,
     scripts: Vec<Script>,
+    rows: usize,
+    /// Jobs that run alone after the batch (their rows cannot be built, or are too
+    /// many): the precise path gives them their verdict. Not during the batch: it holds
+    /// the write lock they need.
+    alone: Vec<Job>,
 }
 
 impl Batch {
-    /// Adds a job; one whose statements cannot be built is answered at once by the
-    /// precise path (which gives it its verdict).
-    async fn add(&mut self, writer: &Writer, job: Job) {
+    /// Adds a job.
+    fn add(&mut self, job: Job) {
         match script(&job.write) {
-            Ok(s) => {
+            Ok(s) if s.rows.len() <= MAX_ROWS => {
+                self.rows += s.rows.len();
                 self.scripts.push(s);
                 self.jobs.push(job);
             }
-            Err(_) => {
-                let answer = writer.write(job.what, job.write.as_write()).await;
-                let _ = job.reply.send(answer);
-            }
+            _ => self.alone.push(job),
         }
     }
 
-    /// Adds every job waiting now, up to [`MAX_BATCH`].
-    async fn take_waiting(&mut self, writer: &Writer, jobs: &mut mpsc::Receiver<Job>) {
-        while self.jobs.len() < MAX_BATCH {
+    /// Adds every job waiting now, up to [`MAX_BATCH`] jobs and [`MAX_ROWS`] rows.
+    fn take_waiting(&mut self, jobs: &mut mpsc::Receiver<Job>) {
+        while self.jobs.len() < MAX_BATCH && self.rows + self.alone.len() < MAX_ROWS {
             match jobs.try_recv() {
-                Ok(job) => self.add(writer, job).await,
+                Ok(job) => self.add(job),
                 Err(_) => break,
             }
         }
@@ -393,6 +405,7 @@ async fn commit(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     if batch.jobs.is_empty() {
+        run_alone(writer, std::mem::take(&mut batch.alone)).await;
         return;
     }
     let started = tokio::time::Instant::now();
@@ -411,6 +424,7 @@ async fn commit(
         }
     };
     let n = batch.jobs.len() as u64;
+    let alone = std::mem::take(&mut batch.alone);
     match outcome {
         Outcome::Committed(results) => {
             counters.batches.fetch_add(1, Relaxed);
@@ -421,10 +435,7 @@ async fn commit(
         }
         Outcome::Separate => {
             counters.separated.fetch_add(1, Relaxed);
-            for job in batch.jobs {
-                let answer = writer.write(job.what, job.write.as_write()).await;
-                let _ = job.reply.send(answer);
-            }
+            run_alone(writer, batch.jobs).await;
         }
         Outcome::Failed(e) => {
             tracing::warn!(error = %e, writes = n, "a batch of writes failed; every write in it fails and none was applied");
@@ -433,6 +444,16 @@ async fn commit(
                 let _ = job.reply.send(Err(error.clone()));
             }
         }
+    }
+    run_alone(writer, alone).await;
+}
+
+/// Runs each job in a transaction of its own (the precise path), in order. They were
+/// accepted before any `close`, so they run even when the store is closing.
+async fn run_alone(writer: &Writer, jobs: Vec<Job>) {
+    for job in jobs {
+        let answer = writer.write_accepted(job.what, job.write.as_write()).await;
+        let _ = job.reply.send(answer);
     }
 }
 
@@ -453,7 +474,12 @@ async fn once(
         },
     };
     let mut keep = false;
-    let outcome = attempt(conn, &mut keep, writer, batch, jobs).await;
+    // Writes that run alone take turns with the batches (a fair lock): SQLite's busy
+    // handler is not fair, and a committer that begins again microseconds after each
+    // commit could starve them until their lock deadline.
+    let turn = writer.turn.lock().await;
+    let outcome = attempt(conn, &mut keep, batch, jobs).await;
+    drop(turn);
     if !keep && let Some(c) = held.take() {
         // In an unknown state: closed, and the next batch opens a fresh one.
         if let Err(e) = sqlx::Connection::close(c).await {
@@ -475,7 +501,6 @@ async fn open(writer: &Writer) -> Result<sqlx::SqliteConnection, sqlx::Error> {
 async fn attempt(
     conn: &mut sqlx::SqliteConnection,
     keep: &mut bool,
-    writer: &Writer,
     batch: &mut Batch,
     jobs: &mut mpsc::Receiver<Job>,
 ) -> Outcome {
@@ -487,7 +512,7 @@ async fn attempt(
         return Outcome::Failed(e);
     }
     // Whatever arrived while the lock was being taken commits with this batch.
-    batch.take_waiting(writer, jobs).await;
+    batch.take_waiting(jobs);
     let scripts = &batch.scripts;
     let rows = scripts.iter().map(|s| s.rows.len()).sum::<usize>();
     let events = scripts.iter().filter(|s| s.event.is_some()).count();
@@ -527,12 +552,7 @@ async fn attempt(
                 )),
             };
         }
-        Err(e) if is_check(&e) => Outcome::Separate,
-        Err(sqlx::Error::Database(db))
-            if db.is_unique_violation() || db.is_foreign_key_violation() =>
-        {
-            Outcome::Separate
-        }
+        Err(e) if one_writes_fault(&e) => Outcome::Separate,
         Err(e) => Outcome::Failed(e),
     };
     match sqlx::query("ROLLBACK").execute(&mut *conn).await {

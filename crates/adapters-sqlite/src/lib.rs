@@ -149,6 +149,8 @@ pub(crate) struct Writer {
     closed: Arc<AtomicBool>,
     /// How the group committer opens its own connection.
     connect: SqliteConnectOptions,
+    /// Taken by each batch and by each write that runs alone, in turn (FIFO).
+    pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -255,6 +257,7 @@ impl SqliteStore {
             options: options.clone(),
             closed: Arc::clone(&closed),
             connect,
+            turn: Arc::default(),
         };
         let (jobs, queue) = tokio::sync::mpsc::channel(4 * batch::MAX_BATCH);
         let tasks = tokio_util::task::TaskTracker::new();
@@ -393,6 +396,15 @@ impl Writer {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
+        self.write_accepted(what, write).await
+    }
+
+    /// [`Writer::write`] of a write accepted before the store began to close.
+    pub(crate) async fn write_accepted(
+        &self,
+        what: &str,
+        write: Write<'_>,
+    ) -> Result<Written, StoreError> {
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -416,6 +428,7 @@ impl Writer {
 
     /// One attempt of a write on the writer connection.
     async fn write_once(&self, write: &Write<'_>) -> Result<Written, WriteError> {
+        let _turn = self.turn.lock().await;
         let mut conn = InDoubt::arm(self.pool.acquire().await?);
         if write.is_single_statement() {
             // One statement is its own transaction: no BEGIN/COMMIT round trips.

@@ -201,11 +201,9 @@ async fn a_stale_write_in_a_batch_gets_its_own_verdict_and_the_others_commit() {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_batch_fails_every_write_in_it_and_applies_none() {
-    let (_dir, store, all) = fixture(8).await;
-    // A trigger that aborts the transaction when one event is appended: the batch fails
-    // half-way through its statements.
+/// Poisons the events whose message contains `poison`: appending one aborts its
+/// statement (a trigger of the test's own, on another connection).
+async fn poison_events(store: &SqliteStore) {
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.path().display()))
         .await
         .unwrap();
@@ -214,11 +212,46 @@ async fn a_failed_batch_fails_every_write_in_it_and_applies_none() {
         .await
         .unwrap();
     conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_database_refuses_fails_alone_and_the_others_commit() {
+    let (_dir, store, all) = fixture(8).await;
+    poison_events(&store).await;
     let commits = all
         .iter()
         .enumerate()
         .map(|(i, w)| starting(w, 1, if i == 5 { "poison" } else { "fine" }))
         .collect();
+    let before = store.commit_stats();
+    let answers = together(&store, commits).await;
+    for (i, answer) in answers.iter().enumerate() {
+        if i == 5 {
+            assert!(
+                matches!(answer, Err(StoreError::Unavailable { .. })),
+                "the refused write: {answer:?}"
+            );
+        } else {
+            assert!(answer.is_ok(), "write {i}: {answer:?}");
+        }
+    }
+    assert_eq!(
+        store.workspace(&all[5].id).await.unwrap().unwrap().version,
+        1,
+        "nothing of the refused write applied"
+    );
+    assert_eq!(store.last_event_seq().await.unwrap(), 8 + 7);
+    assert_eq!(store.commit_stats().separated, before.separated + 1);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_fails_every_write_in_it_and_applies_none() {
+    let (_dir, store, all) = fixture(8).await;
+    // Every write's event is refused: the batch fails half-way through its rows, and
+    // each write run alone fails too.
+    poison_events(&store).await;
+    let commits = all.iter().map(|w| starting(w, 1, "poison")).collect();
     let answers = together(&store, commits).await;
     for (i, answer) in answers.iter().enumerate() {
         assert!(
