@@ -15,9 +15,11 @@
 //! - A write whose check fails (a stale version, a fenced epoch, a taken name, a
 //!   vanished row) must not fail the others: the batch is rolled back whole and each of
 //!   its writes runs again alone (the precise path), getting its own verdict.
-//! - A serialization failure or a deadlock runs the batch again; any other failure
-//!   rolls it back and fails every write in it with that error: nothing of it is
-//!   half-applied.
+//! - A write the server refuses (a constraint, a value, an exception a trigger raised)
+//!   also runs alone: only it fails.
+//! - A serialization failure or a deadlock runs the batch again; any other failure (the
+//!   connection, the server's resources) rolls it back and fails every write in it with
+//!   that error: nothing of it is half-applied.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -132,6 +134,25 @@ impl Counters {
     }
 }
 
+/// Whether `e` can be one write's doing (a constraint, a value the server refuses, an
+/// exception a trigger raised): then each write runs again alone, so that only that
+/// write fails. Serialization failures and deadlocks run the batch again; the server's
+/// own failures (connection, resources, operator intervention, system and internal
+/// errors) and errors that are not the server's fail the whole batch.
+fn one_writes_fault(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            !is_retryable(e)
+                && !["08", "53", "57", "58", "XX"]
+                    .iter()
+                    .any(|c| code.starts_with(c))
+        }
+        _ => false,
+    }
+}
+
 /// How one attempt at a batch ended.
 enum Outcome {
     /// Committed: one result per job, in order.
@@ -223,9 +244,7 @@ async fn once(writer: &Writer, jobs: &mut Vec<Job>, queue: &mut mpsc::Receiver<J
                 verdict = Some(Outcome::Separate);
                 break;
             }
-            Err(WriteError::Sql(sqlx::Error::Database(db)))
-                if db.is_unique_violation() || db.is_foreign_key_violation() =>
-            {
+            Err(WriteError::Sql(e)) if one_writes_fault(&e) => {
                 verdict = Some(Outcome::Separate);
                 break;
             }
@@ -242,6 +261,7 @@ async fn once(writer: &Writer, jobs: &mut Vec<Job>, queue: &mut mpsc::Receiver<J
                 Ok(()) => return Outcome::Committed(results),
                 Err(e) => return Outcome::Failed(e),
             },
+            Err(WriteError::Sql(e)) if one_writes_fault(&e) => Outcome::Separate,
             Err(WriteError::Sql(e)) => Outcome::Failed(e),
             Err(WriteError::Store(_)) => Outcome::Separate,
         },

@@ -159,16 +159,28 @@ impl PgStore {
         };
         // The leases of earlier incarnations of this daemon: ours again, under the new
         // epoch (a pinned workspace only if this is still its host).
-        let taken: Vec<String> = sqlx::query_scalar(
-            "UPDATE leases SET epoch = $2, host = CASE WHEN movable THEN $3 ELSE host END, acquired_at = clock_timestamp() \
-             WHERE owner = $1 AND epoch <> $2 AND (movable OR host = $3) RETURNING workspace_id",
-        )
-        .bind(&member.daemon_id)
-        .bind(epoch)
-        .bind(&member.host)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map)?;
+        // A batch of an earlier incarnation still writing locks several of these rows:
+        // a deadlock with it is run again.
+        let mut attempts = 0;
+        let taken: Vec<String> = loop {
+            attempts += 1;
+            let taken = sqlx::query_scalar(
+                "UPDATE leases SET epoch = $2, host = CASE WHEN movable THEN $3 ELSE host END, acquired_at = clock_timestamp() \
+                 WHERE owner = $1 AND epoch <> $2 AND (movable OR host = $3) RETURNING workspace_id",
+            )
+            .bind(&member.daemon_id)
+            .bind(epoch)
+            .bind(&member.host)
+            .fetch_all(&self.pool)
+            .await;
+            match taken {
+                Err(e) if crate::is_retryable(&e) && attempts < crate::RETRIES => {
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempts) * 2))
+                        .await;
+                }
+                other => break other.map_err(map)?,
+            }
+        };
         let mut held = self.held.write();
         held.clear();
         held.extend(taken.iter().filter_map(|id| WorkspaceId::parse(id).ok()));

@@ -166,13 +166,8 @@ async fn a_stale_or_fenced_write_in_a_batch_gets_its_own_verdict_and_the_others_
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_batch_fails_every_write_in_it_and_applies_none() {
-    let Some((store, all)) = fixture("pg_group_failed", 8).await else {
-        return;
-    };
-    // A trigger that aborts the transaction when one event is appended: the batch fails
-    // at its last statement, after every workspace row was written.
+/// Poisons the events whose body contains `poison`: appending one raises.
+async fn poison_events(store: &PgStore) {
     sqlx::query(
         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
          IF NEW.body LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$",
@@ -186,18 +181,60 @@ async fn a_failed_batch_fails_every_write_in_it_and_applies_none() {
     .execute(store.pool())
     .await
     .unwrap();
-    let commits = all
-        .iter()
+}
+
+/// Commits moving every workspace to `starting`; those at `poisoned` carry a poisoned
+/// event.
+fn poisoned(all: &[berth_core::model::Workspace], poisoned: &[usize]) -> Vec<Commit> {
+    all.iter()
         .enumerate()
         .map(|(i, w)| {
             let mut c = moved(w, State::Starting, Fence::default());
             if let Some(e) = c.event.as_mut() {
-                e.message = if i == 5 { "poison" } else { "fine" }.into();
+                e.message = if poisoned.contains(&i) {
+                    "poison"
+                } else {
+                    "fine"
+                }
+                .into();
             }
             c
         })
-        .collect();
-    let answers = together(&store, commits).await;
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_server_refuses_fails_alone_and_the_others_commit() {
+    let Some((store, all)) = fixture("pg_group_refused", 8).await else {
+        return;
+    };
+    poison_events(&store).await;
+    let answers = together(&store, poisoned(&all, &[5])).await;
+    for (i, answer) in answers.iter().enumerate() {
+        if i == 5 {
+            assert!(
+                matches!(answer, Err(StoreError::Unavailable { .. })),
+                "the refused write: {answer:?}"
+            );
+        } else {
+            assert!(answer.is_ok(), "write {i}: {answer:?}");
+        }
+    }
+    let row = store.workspace(&all[5].id).await.unwrap().unwrap();
+    assert_eq!(row.version, 1, "nothing of the refused write applied");
+    assert_eq!(store.last_event_seq().await.unwrap(), 8 + 7);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_fails_every_write_in_it_and_applies_none() {
+    let Some((store, all)) = fixture("pg_group_failed", 8).await else {
+        return;
+    };
+    // Every event is refused: the batch fails at its last statement, after every
+    // workspace row was written, and each write run alone fails too.
+    poison_events(&store).await;
+    let answers = together(&store, poisoned(&all, &[0, 1, 2, 3, 4, 5, 6, 7])).await;
     for (i, answer) in answers.iter().enumerate() {
         assert!(
             matches!(answer, Err(StoreError::Unavailable { .. })),
