@@ -708,16 +708,28 @@ async fn each_workspace_reaches_the_api_through_its_own_socket() {
         ))
         .await;
     assert_eq!(v["reached"], true, "{v}");
-    // Its token, read as the workspace sees it.
-    let pid_env = std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
-        .find(|env| {
-            env.split(|b| *b == 0)
-                .any(|x| x == format!("BERTH_WORKSPACE_ID={other}").as_bytes())
-        })
-        .expect("the other workspace's process");
+    // Its token, read as the workspace sees it. `running` means launched: the command
+    // itself may still be starting (its launcher sets up, then runs it).
+    let find = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
+            .find(|env| {
+                env.split(|b| *b == 0)
+                    .any(|x| x == format!("BERTH_WORKSPACE_ID={other}").as_bytes())
+            })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pid_env = loop {
+        match find() {
+            Some(env) => break env,
+            None if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None => panic!("the other workspace's process never started"),
+        }
+    };
     let token = pid_env
         .split(|b| *b == 0)
         .find_map(|x| x.strip_prefix(b"BERTH_WORKSPACE_TOKEN="))
