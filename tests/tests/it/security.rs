@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use berth_tests::{Daemon, berth_bin, docker_test_image, get_over, read_when_written};
+use berth_tests::{
+    Daemon, DockerCleanup, berth_bin, docker_test_image, get_over, read_when_written,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -639,6 +641,8 @@ async fn each_workspace_reaches_the_api_through_its_own_socket() {
         ));
     }
     let mut ids = Vec::new();
+    // Containers and volumes go also when the test fails half-way.
+    let mut cleanups = Vec::new();
     for (name, extra, out) in &cases {
         let mut body = json!({"name": name, "command": ["sh", "-c", probe(out)]});
         for (k, v) in extra.as_object().expect("object") {
@@ -647,6 +651,7 @@ async fn each_workspace_reaches_the_api_through_its_own_socket() {
         let (s, v) = d.post("/v1/workspaces", body).await;
         assert_eq!(s, 201, "{v}");
         let id = v["workspace"]["id"].as_str().expect("id").to_owned();
+        cleanups.push(DockerCleanup(id.clone()));
         let text = read_when_written(&tools.path().join(out), Duration::from_secs(30))
             .await
             .unwrap_or_else(|e| panic!("{name} wrote nothing: {e}"));
