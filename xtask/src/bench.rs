@@ -200,16 +200,7 @@ async fn time_cycles(
         .await?,
     );
     let engine = engine(store.clone()).await?;
-    let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for w in 0..workers {
-        let e = engine.clone();
-        set.spawn(async move { cycles(&e, w, per_worker).await });
-    }
-    while let Some(r) = set.join_next().await {
-        r??;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = timed_workers(std::slice::from_ref(&engine), workers, per_worker).await?;
     let stats = store.commit_stats();
     engine.shutdown().await;
     Ok((secs, stats.writes as f64 / stats.batches.max(1) as f64))
@@ -219,18 +210,28 @@ async fn time_cycles(
 /// engine itself costs. Returns seconds.
 async fn time_memory_cycles(workers: usize, per_worker: usize) -> Result<f64> {
     let engine = engine(Arc::new(berth_core::testkit::MemoryStore::new())).await?;
+    let secs = timed_workers(std::slice::from_ref(&engine), workers, per_worker).await?;
+    engine.shutdown().await;
+    Ok(secs)
+}
+
+/// `workers` concurrent sequences of `per_worker` cycles, spread round-robin over
+/// `engines`; returns seconds.
+pub(crate) async fn timed_workers(
+    engines: &[Engine],
+    workers: usize,
+    per_worker: usize,
+) -> Result<f64> {
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for w in 0..workers {
-        let e = engine.clone();
+        let e = engines[w % engines.len()].clone();
         set.spawn(async move { cycles(&e, w, per_worker).await });
     }
     while let Some(r) = set.join_next().await {
         r??;
     }
-    let secs = started.elapsed().as_secs_f64();
-    engine.shutdown().await;
-    Ok(secs)
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// The baselines: `n` committed single-row SQLite transactions with the store's pragmas

@@ -137,16 +137,7 @@ async fn time_fleet_cycles(
         .await?;
         engines.push(engine);
     }
-    let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for w in 0..workers {
-        let e = engines[w % daemons].clone();
-        set.spawn(async move { crate::bench::cycles(&e, w, per_worker).await });
-    }
-    while let Some(r) = set.join_next().await {
-        r??;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = crate::bench::timed_workers(&engines, workers, per_worker).await?;
     for e in engines {
         e.shutdown().await;
     }
