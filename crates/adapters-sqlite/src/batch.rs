@@ -22,11 +22,13 @@
 //! - Writes are applied in the order they were submitted, so each workspace's writes
 //!   (which its gate serialises anyway) keep their order; events are numbered in that
 //!   order (the table's `AUTOINCREMENT` under the write lock: consecutive).
-//! - A write whose check fails (a stale version, a taken name, a vanished row) must not
-//!   fail the others: the batch is rolled back whole and each of its writes runs again
-//!   alone (the precise path, `apply`), getting its own verdict.
-//! - Any other failure of the batch (a full disk, an I/O error, a failed `COMMIT`) rolls
-//!   it back and fails every write in it with that error: nothing of it is half-applied.
+//! - A write whose check fails (a stale version, a taken name, a vanished row) or that
+//!   the database refuses (a constraint, a value) must not fail the others: the batch is
+//!   rolled back whole and each of its writes runs again alone (the precise path,
+//!   `apply`), getting its own verdict.
+//! - A failure of the database itself (a full disk, an I/O error, a failed `COMMIT`, the
+//!   lock deadline) rolls the batch back and fails every write in it with that error:
+//!   nothing of it is half-applied.
 
 use berth_core::ids::WorkspaceId;
 use berth_core::model::{Event, NewEvent, Operation, Session, Workspace};
@@ -344,8 +346,8 @@ pub(crate) async fn run(
 ) {
     // The committer has a connection of its own, kept between batches: taking one from
     // a pool and giving it back costs more than a small batch's statements. (The
-    // writer pool's connection serves the writes that run alone; SQLite's write lock
-    // orders the two.)
+    // writer pool's connection serves the writes that run alone; the two take turns
+    // through `Writer::turn`.)
     let mut conn = None;
     while let Some(first) = jobs.recv().await {
         let mut batch = Batch::default();

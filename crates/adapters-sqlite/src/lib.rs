@@ -3,7 +3,9 @@
 //! - The file is created with mode 0600 and its directory 0700; WAL mode, foreign keys
 //!   on, a busy timeout, `synchronous=NORMAL` by default ([`Durability::Full`] as an
 //!   option: NORMAL survives a process crash, FULL also a power loss).
-//! - Writes go through one writer connection and `BEGIN IMMEDIATE`, so a concurrent
+//! - Writes go through two writer connections (the group committer's own, and the
+//!   pool's one for the writes that never batch) that take turns through a fair lock,
+//!   and each transaction begins with `BEGIN IMMEDIATE`, so a concurrent
 //!   writer (another process on the same file) waits instead of failing; a busy or
 //!   locked database is retried, and callers never see `SQLITE_BUSY`. Reads use a
 //!   separate pool (WAL readers never block the writer). No transaction is held
