@@ -1,10 +1,10 @@
 //! Group commit: the writes of the engine's hot path (a workspace's commit, create and
 //! delete, op rows, session updates) go to one committer task, which takes every write
-//! waiting once it holds the write lock (at most [`MAX_BATCH`]) and commits them in
-//! **one** transaction, in two round trips to SQLite's worker thread: `BEGIN IMMEDIATE`,
-//! then one query of three statements: an `INSERT` of every write's rows into the view
-//! [`berth_write`](PREPARE), the batch's last event number, and `COMMIT`. One WAL commit
-//! (one fsync with `synchronous=FULL`) for the whole batch.
+//! waiting (at most [`MAX_BATCH`]) and commits them in **one** transaction, in one round
+//! trip to SQLite's worker thread: one query of two statements, an `INSERT` of every
+//! write's rows into the view [`berth_write`](PREPARE), which is a transaction of its
+//! own, and a read of the batch's last event number. One WAL commit (one fsync with
+//! `synchronous=FULL`) for the whole batch.
 //!
 //! Why a view: sqlx's SQLite worker sends every statement's result to the caller's task
 //! as a message of its own, and the two threads wake each other for most of them; a
@@ -12,21 +12,26 @@
 //! those wake-ups. The view has no rows: its `INSTEAD OF` triggers (temporary, created
 //! on the committer's connection when it opens) carry each row to its table, in the
 //! order of the rows, and `RAISE` an error when a conditional write (a versioned update,
-//! a delete, an op insert) changed no row. SQLite stops the query at that error, before
-//! `COMMIT`, with the transaction open, to be rolled back. (Sending `BEGIN` with the rest
-//! too saves a round trip but halves the batches under load: the round trip that takes
-//! the lock is the window in which the next writes arrive.)
+//! a delete, an op insert) changed no row. SQLite stops the statement at that error and
+//! rolls it back, with every row of the batch.
 //!
-//! - Each caller is answered only after `COMMIT` returned: its rows are as durable as
+//! Why no `BEGIN … COMMIT` around it: inside an explicit transaction SQLite keeps a
+//! statement journal for such a statement (a copy of every page it touches, so that the
+//! statement alone can be undone), which cost a fifth of the worker thread's time; and
+//! `BEGIN` was a round trip of its own. The window in which other writers' next writes
+//! arrive is now one yield of the committer, taken only when the last batch had company.
+//!
+//! - Each caller is answered only after the statement committed: its rows are as durable as
 //!   the database's synchronous mode makes them.
 //! - Writes are applied in the order they were submitted, so each workspace's writes
 //!   (which its gate serialises anyway) keep their order; events are numbered in that
-//!   order (the table's `AUTOINCREMENT` under the write lock: consecutive).
+//!   order (the table's `AUTOINCREMENT` under the write lock: consecutive, the last
+//!   one kept in the connection's temporary table `berth_last`).
 //! - A write whose check fails (a stale version, a taken name, a vanished row) or that
 //!   the database refuses (a constraint, a value) must not fail the others: the batch is
 //!   rolled back whole and each of its writes runs again alone (the precise path,
 //!   `apply`), getting its own verdict.
-//! - A failure of the database itself (a full disk, an I/O error, a failed `COMMIT`, the
+//! - A failure of the database itself (a full disk, an I/O error, a failed commit, the
 //!   lock deadline) rolls the batch back and fails every write in it with that error:
 //!   nothing of it is half-applied.
 
@@ -50,6 +55,9 @@ const MAX_ROWS: usize = 4_000;
 /// sees them). A row is `(kind, k1 … k6)`; each kind's trigger says what its columns
 /// hold.
 pub(crate) const PREPARE: &str = "
+PRAGMA temp_store = MEMORY;
+CREATE TEMP TABLE berth_last (seq INTEGER);
+INSERT INTO temp.berth_last VALUES (NULL);
 CREATE TEMP VIEW berth_write (kind, k1, k2, k3, k4, k5, k6) AS
     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
 -- (id, name, state, runtime, version, body)
@@ -98,6 +106,7 @@ END;
 -- (workspace id, body)
 CREATE TEMP TRIGGER berth_event INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'event' BEGIN
     INSERT INTO events (workspace_id, body) VALUES (NEW.k1, NEW.k2);
+    UPDATE berth_last SET seq = last_insert_rowid();
 END;
 ";
 
@@ -349,11 +358,19 @@ pub(crate) async fn run(
     // writer pool's connection serves the writes that run alone; the two take turns
     // through `Writer::turn`.)
     let mut conn = None;
+    // Whether the last batch had company. Then other writers are busy, and letting the
+    // tasks that are ready run first (one yield) lets their next writes join this
+    // batch; a lone writer does not wait.
+    let mut company = false;
     while let Some(first) = jobs.recv().await {
         let mut batch = Batch::default();
         batch.add(first);
+        if company {
+            tokio::task::yield_now().await;
+        }
         batch.take_waiting(&mut jobs);
-        commit(&writer, &mut conn, batch, &mut jobs, &counters).await;
+        company = batch.jobs.len() + batch.alone.len() > 1;
+        commit(&writer, &mut conn, batch, &counters).await;
     }
     if let Some(c) = conn
         && let Err(e) = sqlx::Connection::close(c).await
@@ -402,7 +419,6 @@ async fn commit(
     writer: &Writer,
     conn: &mut Option<sqlx::SqliteConnection>,
     mut batch: Batch,
-    jobs: &mut mpsc::Receiver<Job>,
     counters: &Counters,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -413,7 +429,7 @@ async fn commit(
     let started = tokio::time::Instant::now();
     let mut backoff = std::time::Duration::from_millis(5);
     let outcome = loop {
-        match once(writer, conn, &mut batch, jobs).await {
+        match once(writer, conn, &batch).await {
             Outcome::Failed(e)
                 if is_busy(&e) && started.elapsed() < writer.options.lock_deadline =>
             {
@@ -459,14 +475,12 @@ async fn run_alone(writer: &Writer, jobs: Vec<Job>) {
     }
 }
 
-/// One attempt: `BEGIN IMMEDIATE`; then every write waiting by now joins (the round
-/// trip that takes the lock is also the window in which the next writes arrive), and
-/// their statements run as one query that ends with `COMMIT`.
+/// One attempt: the batch's rows as one `INSERT` into [`berth_write`](PREPARE), a
+/// transaction of its own (autocommit), then the last event number it wrote.
 async fn once(
     writer: &Writer,
     held: &mut Option<sqlx::SqliteConnection>,
-    batch: &mut Batch,
-    jobs: &mut mpsc::Receiver<Job>,
+    batch: &Batch,
 ) -> Outcome {
     let conn = match held {
         Some(c) => c,
@@ -480,7 +494,7 @@ async fn once(
     // handler is not fair, and a committer that begins again microseconds after each
     // commit could starve them until their lock deadline.
     let turn = writer.turn.lock().await;
-    let outcome = attempt(conn, &mut keep, batch, jobs).await;
+    let outcome = attempt(conn, &mut keep, batch).await;
     drop(turn);
     if !keep && let Some(c) = held.take() {
         // In an unknown state: closed, and the next batch opens a fresh one.
@@ -500,21 +514,16 @@ async fn open(writer: &Writer) -> Result<sqlx::SqliteConnection, sqlx::Error> {
 
 /// [`once`] on the committer's connection; sets `keep` when it may be used again
 /// (committed, rolled back, or never begun).
-async fn attempt(
-    conn: &mut sqlx::SqliteConnection,
-    keep: &mut bool,
-    batch: &mut Batch,
-    jobs: &mut mpsc::Receiver<Job>,
-) -> Outcome {
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        // Nothing began; a busy database leaves the connection as it was.
-        if is_busy(&e) {
-            *keep = true;
-        }
-        return Outcome::Failed(e);
-    }
-    // Whatever arrived while the lock was being taken commits with this batch.
-    batch.take_waiting(jobs);
+///
+/// The `INSERT` runs in autocommit mode, not inside `BEGIN … COMMIT`: SQLite then
+/// needs no statement journal (inside an explicit transaction, a statement that writes
+/// several rows and may abort copies every page it touches first, so that it can be
+/// undone alone), and a failed check rolls back the whole statement, which is the whole
+/// batch. The write lock is taken by the statement itself (busy handler as for
+/// `BEGIN IMMEDIATE`). The event number is read from the connection's own temporary
+/// table, which the statement updated, so another connection's writes in between do not
+/// change it.
+async fn attempt(conn: &mut sqlx::SqliteConnection, keep: &mut bool, batch: &Batch) -> Outcome {
     let scripts = &batch.scripts;
     let rows = scripts.iter().map(|s| s.rows.len()).sum::<usize>();
     let events = scripts.iter().filter(|s| s.event.is_some()).count();
@@ -529,9 +538,8 @@ async fn attempt(
     }
     sql.push(';');
     if events > 0 {
-        sql.push_str("SELECT seq AS appended_seq FROM sqlite_sequence WHERE name = 'events';");
+        sql.push_str("SELECT seq AS appended_seq FROM temp.berth_last;");
     }
-    sql.push_str("COMMIT;");
     let mut q = sqlx::query(&sql);
     for (kind, values) in scripts.iter().flat_map(|s| &s.rows) {
         q = q.bind(*kind);
@@ -544,7 +552,7 @@ async fn attempt(
         }
     }
     let verdict = match q.fetch_all(&mut *conn).await {
-        // Every statement ran, `COMMIT` too.
+        // Committed; the event number read.
         Ok(rows) => {
             *keep = true;
             return match results(&rows, scripts, events) {
@@ -555,8 +563,13 @@ async fn attempt(
             };
         }
         Err(e) if one_writes_fault(&e) => Outcome::Separate,
+        // (Reading the event number can only fail with the connection itself, after
+        // the `INSERT` committed: then, as with a `COMMIT` whose answer is lost, the
+        // callers hear of a failure.)
         Err(e) => Outcome::Failed(e),
     };
+    // A failed statement rolled its transaction back; nothing should be open, but a
+    // connection left inside one must not write the next batch into it.
     match sqlx::query("ROLLBACK").execute(&mut *conn).await {
         Ok(_) => *keep = true,
         Err(e) if no_transaction(&e) => *keep = true,

@@ -90,7 +90,10 @@ async fn hold_write_lock(store: &SqliteStore) -> sqlx::SqliteConnection {
 }
 
 /// Submits `commits` concurrently while the write lock is held elsewhere, releases it
-/// once all are queued, and returns each answer.
+/// once all are queued, and returns each answer. The committer may have taken the
+/// first write or the first few before the others arrived: that batch waits inside
+/// SQLite for the lock, and every write queued meanwhile commits in the next one. So
+/// the writes commit in at most two transactions.
 async fn together(
     store: &Arc<SqliteStore>,
     commits: Vec<Commit>,
@@ -127,10 +130,11 @@ async fn writes_that_wait_together_commit_in_one_transaction_in_order() {
     let answers = together(&store, commits).await;
     let after = store.commit_stats();
     assert_eq!(after.writes - before.writes, 16);
-    assert_eq!(
-        after.batches - before.batches,
-        1,
-        "16 writes queued together commit in one transaction"
+    let batches = after.batches - before.batches;
+    assert!(
+        (1..=2).contains(&batches),
+        "16 writes queued together commit in one transaction (two when the committer \
+         took the first before the others were queued), not {batches}"
     );
     // Every caller got its event, numbered in submission order and without gaps.
     let mut seqs: Vec<u64> = answers
