@@ -236,8 +236,10 @@ pub(crate) async fn timed_workers(
 
 /// The baselines: `n` committed single-row SQLite transactions with the store's pragmas
 /// (WAL, the given synchronous mode, busy timeout, foreign keys), no engine, each
-/// transaction sent as one query (`BEGIN IMMEDIATE; UPDATE …; COMMIT`, one round trip:
-/// as directly as sqlx allows); `per_tx` rows per transaction (1: baseline (a); 8:
+/// transaction sent as one query (`BEGIN IMMEDIATE; UPDATE …; COMMIT`, one round trip)
+/// on a connection held for the whole run (as directly as sqlx allows: taking it from
+/// the pool per transaction adds a task hop that costs more than the write on a fast
+/// machine, as berth's committer, which holds its own, knows); `per_tx` rows per transaction (1: baseline (a); 8:
 /// baseline (b), the same rows batched). Returns seconds.
 async fn time_raw_commits(dir: &Path, n: u32, per_tx: u32, durability: Durability) -> Result<f64> {
     use sqlx::sqlite::{
@@ -268,15 +270,17 @@ async fn time_raw_commits(dir: &Path, n: u32, per_tx: u32, durability: Durabilit
         sql.push_str("UPDATE t SET v = ? WHERE id = 1;");
     }
     sql.push_str("COMMIT;");
+    let mut conn = pool.acquire().await?;
     let started = Instant::now();
     for i in 0..n.div_ceil(per_tx) {
         let mut q = sqlx::query(&sql);
         for k in 0..per_tx {
             q = q.bind((i * per_tx + k).to_string());
         }
-        q.execute(&pool).await?;
+        q.execute(&mut *conn).await?;
     }
     let secs = started.elapsed().as_secs_f64();
+    drop(conn);
     pool.close().await;
     Ok(secs)
 }
