@@ -53,7 +53,9 @@ const MAX_ROWS: usize = 4_000;
 /// Run on the committer's connection when it opens: the view `berth_write` and its
 /// triggers (temporary: they live and die with the connection, and no other connection
 /// sees them). A row is `(kind, k1 … k6)`; each kind's trigger says what its columns
-/// hold.
+/// hold. A check uses `RAISE(ABORT, …)`, never `FAIL`: the batch runs in autocommit
+/// mode, where a statement stopped by `FAIL` commits the rows written before it (the
+/// same holds for any trigger added to these tables).
 pub(crate) const PREPARE: &str = "
 PRAGMA temp_store = MEMORY;
 CREATE TEMP TABLE berth_last (seq INTEGER);
@@ -332,6 +334,9 @@ enum Outcome {
     Separate,
     /// Failed as a whole (rolled back): every job fails with this.
     Failed(sqlx::Error),
+    /// Committed, but what it wrote could not be read back (its event numbers): every
+    /// job fails with this, as when the answer to a `COMMIT` is lost. Never rerun.
+    Unknown(sqlx::Error),
 }
 
 /// Counts of the committer's work (for tests and the benchmark).
@@ -462,6 +467,13 @@ async fn commit(
                 let _ = job.reply.send(Err(error.clone()));
             }
         }
+        Outcome::Unknown(e) => {
+            tracing::error!(error = %e, writes = n, "a batch of writes committed but its result could not be read; every write in it is answered with this error");
+            let error = writer.map(e, "a batch of writes (committed; its result was lost)");
+            for job in batch.jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
     }
     run_alone(writer, alone).await;
 }
@@ -528,7 +540,10 @@ async fn attempt(conn: &mut sqlx::SqliteConnection, keep: &mut bool, batch: &Bat
     let rows = scripts.iter().map(|s| s.rows.len()).sum::<usize>();
     let events = scripts.iter().filter(|s| s.event.is_some()).count();
     let mut sql = String::with_capacity(64 + rows * 16);
-    sql.push_str("INSERT INTO temp.berth_write (kind, k1, k2, k3, k4, k5, k6) VALUES ");
+    // `OR ABORT`: a conflict rolls back the whole statement whatever a table's own
+    // conflict clause says (`FAIL` would keep, and in autocommit mode commit, the rows
+    // before it).
+    sql.push_str("INSERT OR ABORT INTO temp.berth_write (kind, k1, k2, k3, k4, k5, k6) VALUES ");
     for i in 0..rows {
         sql.push_str(if i == 0 {
             "(?,?,?,?,?,?,?)"
@@ -551,22 +566,38 @@ async fn attempt(conn: &mut sqlx::SqliteConnection, keep: &mut bool, batch: &Bat
             };
         }
     }
-    let verdict = match q.fetch_all(&mut *conn).await {
-        // Committed; the event number read.
-        Ok(rows) => {
+    // The stream says when the `INSERT` is done (its result comes before the next
+    // statement's rows): from then on the batch is committed, and an error can no longer
+    // be answered by rerunning its writes.
+    let mut inserted = false;
+    let mut seq_rows = Vec::new();
+    let failed = {
+        use futures_util::TryStreamExt;
+        let mut stream = sqlx::Executor::fetch_many(&mut *conn, q);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(sqlx::Either::Left(_))) => inserted = true,
+                Ok(Some(sqlx::Either::Right(row))) => seq_rows.push(row),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        }
+    };
+    let verdict = match failed {
+        None => {
             *keep = true;
-            return match results(&rows, scripts, events) {
+            return match results(&seq_rows, scripts, events) {
                 Some(results) => Outcome::Committed(results),
-                None => Outcome::Failed(sqlx::Error::Protocol(
+                None => Outcome::Unknown(sqlx::Error::Protocol(
                     "a committed batch returned no event number".into(),
                 )),
             };
         }
-        Err(e) if one_writes_fault(&e) => Outcome::Separate,
-        // (Reading the event number can only fail with the connection itself, after
-        // the `INSERT` committed: then, as with a `COMMIT` whose answer is lost, the
-        // callers hear of a failure.)
-        Err(e) => Outcome::Failed(e),
+        // Committed; reading the event number failed (the connection's own temporary
+        // table: only the connection itself can fail here). It is closed.
+        Some(e) if inserted => return Outcome::Unknown(e),
+        Some(e) if one_writes_fault(&e) => Outcome::Separate,
+        Some(e) => Outcome::Failed(e),
     };
     // A failed statement rolled its transaction back; nothing should be open, but a
     // connection left inside one must not write the next batch into it.

@@ -1,8 +1,8 @@
 //! Group commit: writes waiting together commit in one transaction, each caller is
 //! answered after its rows are committed, a write whose check fails gets its own
 //! verdict without failing the others, and a batch that fails fails every write in it
-//! and applies none. The batch is formed deterministically: another connection holds
-//! the write lock until every write is queued.
+//! and applies none. Batches are formed by holding the write lock from another
+//! connection until every write is queued (see [`together`]).
 
 use std::sync::Arc;
 use std::time::Duration;
