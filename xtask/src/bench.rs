@@ -412,15 +412,6 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
         &["new-session", "-d", "-s", "keep", "sleep 3600"],
     )
     .await?;
-    let mut raw = Vec::new();
-    for i in 0..cycles {
-        let name = format!("raw-{i}");
-        let started = Instant::now();
-        tmux(&raw_sock, &["new-session", "-d", "-s", &name, "sleep 3600"]).await?;
-        tmux(&raw_sock, &["kill-session", "-t", &format!("={name}")]).await?;
-        raw.push(started.elapsed().as_secs_f64());
-    }
-    let _ = tmux(&raw_sock, &["kill-server"]).await;
 
     let data = dir.join("berth");
     let runtime = Arc::new(TmuxRuntime::new(TmuxConfig::new(&data)));
@@ -442,18 +433,31 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
         &["new-session", "-d", "-s", "keep", "sleep 3600"],
     )
     .await?;
-    let mut berth = Vec::new();
+    // Side by side: berth's cycles and the CLI's alternate (which goes first alternates
+    // too), so a change in the machine's speed during the case weighs on both alike.
+    let (mut berth, mut raw) = (Vec::new(), Vec::new());
     for i in 0..cycles {
-        let spec = berth_core::model::WorkspaceSpec {
-            command: vec!["sleep".into(), "3600".into()],
-            ..Default::default()
-        };
-        let started = Instant::now();
-        full_cycle(&engine, &format!("p2-{i}"), "tmux", spec).await?;
-        berth.push(started.elapsed().as_secs_f64());
+        for k in 0..2 {
+            if (i + k) % 2 == 0 {
+                let spec = berth_core::model::WorkspaceSpec {
+                    command: vec!["sleep".into(), "3600".into()],
+                    ..Default::default()
+                };
+                let started = Instant::now();
+                full_cycle(&engine, &format!("p2-{i}"), "tmux", spec).await?;
+                berth.push(started.elapsed().as_secs_f64());
+            } else {
+                let name = format!("raw-{i}");
+                let started = Instant::now();
+                tmux(&raw_sock, &["new-session", "-d", "-s", &name, "sleep 3600"]).await?;
+                tmux(&raw_sock, &["kill-session", "-t", &format!("={name}")]).await?;
+                raw.push(started.elapsed().as_secs_f64());
+            }
+        }
     }
     engine.shutdown().await;
     let _ = tmux(runtime.socket(), &["kill-server"]).await;
+    let _ = tmux(&raw_sock, &["kill-server"]).await;
     let _ = std::fs::remove_dir_all(&dir);
     // The slowest cycle too: a median hides a stop that takes its whole grace.
     let slowest = berth.iter().copied().fold(0.0, f64::max);
@@ -503,53 +507,62 @@ async fn cli(program: &str, args: &[&str], dir: &Path) -> Result<()> {
 /// busybox test image): create+start then stop+delete, against `docker run -d` +
 /// `docker rm -f` and against `docker-compose up -d` + `down` for one service.
 /// `cycles` create→start→stop→remove sequences straight on the Engine API; seconds each.
-async fn raw_api_cycles(image: &str, cycles: usize) -> Result<Vec<f64>> {
+/// One create, start, stop, remove of a container through the Engine API (bollard, as
+/// berth uses it), no engine and no store; returns seconds.
+async fn raw_api_cycle(docker: &bollard::Docker, image: &str) -> Result<f64> {
     use bollard::container::{
         Config, CreateContainerOptions, RemoveContainerOptions, StartContainerOptions,
         StopContainerOptions,
     };
-    let docker = bollard::Docker::connect_with_defaults()?
-        .negotiate_version()
+    let name = format!("berth-bench-p3-api-{}", fresh_id());
+    let started = Instant::now();
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: name.as_str(),
+                platform: None,
+            }),
+            Config {
+                image: Some(image),
+                cmd: Some(vec!["sleep", "3600"]),
+                host_config: Some(bollard::models::HostConfig {
+                    init: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
         .await?;
-    let mut times = Vec::new();
-    for i in 0..cycles {
-        let name = format!("berth-bench-p3-api-{i}-{}", fresh());
-        let started = Instant::now();
-        docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: name.as_str(),
-                    platform: None,
-                }),
-                Config {
-                    image: Some(image),
-                    cmd: Some(vec!["sleep", "3600"]),
-                    host_config: Some(bollard::models::HostConfig {
-                        init: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        docker
-            .start_container(&name, None::<StartContainerOptions<String>>)
-            .await?;
-        docker
-            .stop_container(&name, Some(StopContainerOptions { t: 5 }))
-            .await?;
-        docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await?;
-        times.push(started.elapsed().as_secs_f64());
-    }
-    Ok(times)
+    docker
+        .start_container(&name, None::<StartContainerOptions<String>>)
+        .await?;
+    docker
+        .stop_container(&name, Some(StopContainerOptions { t: 5 }))
+        .await?;
+    docker
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One `docker run -d` + `docker rm -f`; returns seconds.
+async fn cli_cycle(image: &str, dir: &Path) -> Result<f64> {
+    let name = format!("berth-bench-p3-cli-{}", fresh_id());
+    let started = Instant::now();
+    cli(
+        "docker",
+        &["run", "-d", "--name", &name, image, "sleep", "3600"],
+        dir,
+    )
+    .await?;
+    cli("docker", &["rm", "-f", &name], dir).await?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 async fn p3(root: &Path, quick: bool) -> Result<Row> {
@@ -564,25 +577,6 @@ async fn p3(root: &Path, quick: bool) -> Result<Row> {
         ..DockerConfig::default()
     }));
     let image = test_image::ensure_test_image(&runtime).await?;
-
-    let mut cli_times = Vec::new();
-    for i in 0..cycles {
-        let name = format!("berth-bench-p3-cli-{i}-{}", fresh());
-        let started = Instant::now();
-        cli(
-            "docker",
-            &["run", "-d", "--name", &name, &image, "sleep", "3600"],
-            &dir,
-        )
-        .await?;
-        cli("docker", &["rm", "-f", &name], &dir).await?;
-        cli_times.push(started.elapsed().as_secs_f64());
-    }
-
-    // The Engine API itself, through the same client library berth uses (bollard), no
-    // engine and no store: create (with an init, as berth's containers have), start,
-    // stop, remove. The limit berth's Docker path can approach.
-    let api = raw_api_cycles(&image, cycles).await?;
 
     std::fs::write(
         dir.join("docker-compose.yml"),
@@ -613,16 +607,33 @@ async fn p3(root: &Path, quick: bool) -> Result<Row> {
         })
         .build()
         .await?;
-    let mut berth = Vec::new();
+    // The Engine API itself, through the same client library berth uses (bollard), no
+    // engine and no store: create (with an init, as berth's containers have), start,
+    // stop, remove. The limit berth's Docker path can approach.
+    let docker = bollard::Docker::connect_with_defaults()?
+        .negotiate_version()
+        .await?;
+    // Side by side: each round runs one cycle of berth, the Engine API and the CLI, in
+    // an order that rotates, so a change in the machine's or the Docker daemon's speed
+    // during the case weighs on all three alike.
+    let (mut berth, mut api, mut cli_times) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..cycles {
-        let spec = berth_core::model::WorkspaceSpec {
-            command: vec!["sleep".into(), "3600".into()],
-            image: Some(image.clone()),
-            ..Default::default()
-        };
-        let started = Instant::now();
-        full_cycle(&engine, &format!("p3-{i}"), "docker", spec).await?;
-        berth.push(started.elapsed().as_secs_f64());
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => {
+                    let spec = berth_core::model::WorkspaceSpec {
+                        command: vec!["sleep".into(), "3600".into()],
+                        image: Some(image.clone()),
+                        ..Default::default()
+                    };
+                    let started = Instant::now();
+                    full_cycle(&engine, &format!("p3-{i}"), "docker", spec).await?;
+                    berth.push(started.elapsed().as_secs_f64());
+                }
+                1 => api.push(raw_api_cycle(&docker, &image).await?),
+                _ => cli_times.push(cli_cycle(&image, &dir).await?),
+            }
+        }
     }
     engine.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
