@@ -33,7 +33,8 @@
 //!   `apply`), getting its own verdict.
 //! - A failure of the database itself (a full disk, an I/O error, a failed commit, the
 //!   lock deadline) rolls the batch back and fails every write in it with that error:
-//!   nothing of it is half-applied.
+//!   nothing of it is half-applied. An error after the batch committed (reading its
+//!   event number back) fails every write in it too, and none runs again.
 
 use berth_core::ids::WorkspaceId;
 use berth_core::model::{Event, NewEvent, Operation, Session, Workspace};
@@ -348,6 +349,9 @@ pub(crate) struct Counters {
     pub(crate) writes: std::sync::atomic::AtomicU64,
     /// Writes handed over and not answered yet.
     pub(crate) pending: std::sync::atomic::AtomicU64,
+    /// Writes of the batch being committed now (fixed: no write joins it any more); 0
+    /// between batches.
+    pub(crate) committing: std::sync::atomic::AtomicU64,
     /// Batches rolled back so that each write ran alone (a failed check).
     pub(crate) separated: std::sync::atomic::AtomicU64,
 }
@@ -431,6 +435,8 @@ async fn commit(
         run_alone(writer, std::mem::take(&mut batch.alone)).await;
         return;
     }
+    let n = batch.jobs.len() as u64;
+    counters.committing.store(n, Relaxed);
     let started = tokio::time::Instant::now();
     let mut backoff = std::time::Duration::from_millis(5);
     let outcome = loop {
@@ -446,7 +452,7 @@ async fn commit(
             other => break other,
         }
     };
-    let n = batch.jobs.len() as u64;
+    counters.committing.store(0, Relaxed);
     let alone = std::mem::take(&mut batch.alone);
     match outcome {
         Outcome::Committed(results) => {

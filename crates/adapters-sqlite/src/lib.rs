@@ -143,6 +143,9 @@ pub struct CommitStats {
     pub writes: u64,
     /// Writes handed to it and not answered yet.
     pub pending: u64,
+    /// Writes of the batch it is committing now (no write joins that batch any more);
+    /// 0 between batches.
+    pub committing: u64,
     /// Batches it rolled back to run each write alone (a write's check failed).
     pub separated: u64,
 }
@@ -355,6 +358,7 @@ impl SqliteStore {
             batches: self.counters.batches.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
             pending: self.counters.pending.load(Ordering::Relaxed),
+            committing: self.counters.committing.load(Ordering::Relaxed),
             separated: self.counters.separated.load(Ordering::Relaxed),
         }
     }

@@ -1,8 +1,8 @@
 //! Group commit: writes waiting together commit in one transaction, each caller is
 //! answered after its rows are committed, a write whose check fails gets its own
 //! verdict without failing the others, and a batch that fails fails every write in it
-//! and applies none. Batches are formed by holding the write lock from another
-//! connection until every write is queued (see [`together`]).
+//! and applies none. Batches are formed deterministically by holding the write lock
+//! from another connection (see [`together`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,11 +89,10 @@ async fn hold_write_lock(store: &SqliteStore) -> sqlx::SqliteConnection {
     conn
 }
 
-/// Submits `commits` concurrently while the write lock is held elsewhere, releases it
-/// once all are queued, and returns each answer. The committer may have taken the
-/// first write or the first few before the others arrived: that batch waits inside
-/// SQLite for the lock, and every write queued meanwhile commits in the next one. So
-/// the writes commit in at most two transactions.
+/// Submits `commits` while the write lock is held elsewhere and returns each answer, in
+/// two batches of a fixed shape: the first write alone (submitted first, and waited
+/// for until the committer is committing it, waiting inside SQLite for the lock), then
+/// every other write, queued meanwhile (the lock is released once all are queued).
 async fn together(
     store: &Arc<SqliteStore>,
     commits: Vec<Commit>,
@@ -101,13 +100,19 @@ async fn together(
     let mut lock = hold_write_lock(store).await;
     let n = commits.len() as u64;
     let tasks = tokio_util::task::TaskTracker::new();
-    let handles: Vec<_> = commits
-        .into_iter()
-        .map(|c| {
-            let store = Arc::clone(store);
-            tasks.spawn(async move { store.commit(&c).await })
-        })
-        .collect();
+    let mut handles = Vec::new();
+    for (i, c) in commits.into_iter().enumerate() {
+        let task = Arc::clone(store);
+        handles.push(tasks.spawn(async move { task.commit(&c).await }));
+        if i == 0 {
+            berth_core::testkit::wait_until(
+                "the first write to be committing alone",
+                Duration::from_secs(10),
+                || async { store.commit_stats().committing == 1 },
+            )
+            .await;
+        }
+    }
     berth_core::testkit::wait_until(
         "every write to be queued",
         Duration::from_secs(10),
@@ -130,11 +135,10 @@ async fn writes_that_wait_together_commit_in_one_transaction_in_order() {
     let answers = together(&store, commits).await;
     let after = store.commit_stats();
     assert_eq!(after.writes - before.writes, 16);
-    let batches = after.batches - before.batches;
-    assert!(
-        (1..=2).contains(&batches),
-        "16 writes queued together commit in one transaction (two when the committer \
-         took the first before the others were queued), not {batches}"
+    assert_eq!(
+        after.batches - before.batches,
+        2,
+        "the first write alone, then the 15 queued while it waited commit in one transaction"
     );
     // Every caller got its event, numbered in submission order and without gaps.
     let mut seqs: Vec<u64> = answers
