@@ -1596,17 +1596,21 @@ mod tests {
         procs::tree(pid).into_iter().filter(|p| *p != pid).collect()
     }
 
+    /// A FIFO `go` in `dir`: a shell reading it waits until the test writes to it.
+    fn fifo(dir: &std::path::Path) -> std::path::PathBuf {
+        let go = dir.join("go");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&go)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        go
+    }
+
     #[test]
     fn a_command_started_after_the_stop_signal_is_signalled_once() {
         let dir = tempfile::tempdir().unwrap();
-        let go = dir.path().join("go");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&go)
-                .status()
-                .unwrap()
-                .success()
-        );
+        let go = fifo(dir.path());
         // A launcher with nothing started yet: it waits for `go`, then starts a command.
         let leader = Shell::new(&format!("read x < '{}'; sleep 100 & wait", go.display()));
         let pid = leader.pid();
@@ -1632,18 +1636,12 @@ mod tests {
     #[test]
     fn a_process_that_execs_after_the_stop_signal_is_signalled_again_and_new_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
-        let go = dir.path().join("go");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&go)
-                .status()
-                .unwrap()
-                .success()
-        );
-        // A launcher whose child is still a shell when signalled, and execs later; a
-        // helper started after the signal is the command's own business.
+        let go = fifo(dir.path());
+        // A launcher whose child is still a shell when signalled, and execs later into a
+        // command that starts a helper: the helper, started after the signal, is the
+        // command's own business.
         let leader = Shell::new(&format!(
-            "(read x < '{go}'; exec sleep 100) & wait",
+            "(read x < '{go}'; exec sh -c 'sleep 100 & wait') & wait",
             go = go.display()
         ));
         let pid = leader.pid();
@@ -1657,13 +1655,14 @@ mod tests {
             "the child has not exec'd"
         );
         std::fs::write(&go, "go\n").unwrap();
-        until("the child to exec", || {
-            procs::cmdline(child[0]).is_some_and(|c| c.starts_with(b"sleep"))
+        until("the child to exec and start its helper", || {
+            procs::cmdline(child[0]).is_some_and(|c| c.starts_with(b"sh\0-c\0sleep"))
+                && children(pid).len() == 2
         });
         assert_eq!(
             late.missed(&signalled),
             child,
-            "signalled again after its exec"
+            "signalled again after its exec, its helper not"
         );
         assert!(late.missed(&signalled).is_empty(), "once");
     }
