@@ -399,7 +399,9 @@ async fn tmux(socket: &Path, args: &[&str]) -> Result<()> {
 
 /// P2: a tmux workspace through berth (engine, SQLite store, tmux runtime):
 /// create+start then stop+delete, against `tmux new-session -d` + `tmux kill-session`
-/// by CLI. Both servers are kept warm by an idle session.
+/// by CLI, and beside them the floor of a graceful cycle (see
+/// [`crate::bench_tmux::Control::graceful_cycle`]). Both servers are kept warm by an
+/// idle session.
 async fn p2(root: &Path, quick: bool) -> Result<Row> {
     use berth_tmux::{TmuxConfig, TmuxRuntime};
     let dir = root.join("target/bench/tmp-p2");
@@ -433,35 +435,48 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
         &["new-session", "-d", "-s", "keep", "sleep 3600"],
     )
     .await?;
-    // Side by side: berth's cycles and the CLI's alternate (which goes first alternates
-    // too), so a change in the machine's speed during the case weighs on both alike.
-    let (mut berth, mut raw) = (Vec::new(), Vec::new());
+    // The floor: what any tmux-backed runtime must do for a graceful cycle, through one
+    // control-mode client (no tmux process per command) and nothing else: no store, no
+    // launcher, no token, no log, no fencing. On the CLI's server, which keeps exit
+    // codes as berth's does.
+    tmux(&raw_sock, &["set-option", "-g", "remain-on-exit", "on"]).await?;
+    let mut control = crate::bench_tmux::Control::attach(&raw_sock, "keep").await?;
+    // Side by side: one cycle of each per round, in an order that rotates, so a change
+    // in the machine's speed during the case weighs on all alike.
+    let (mut berth, mut raw, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..cycles {
-        for k in 0..2 {
-            if (i + k) % 2 == 0 {
-                let spec = berth_core::model::WorkspaceSpec {
-                    command: vec!["sleep".into(), "3600".into()],
-                    ..Default::default()
-                };
-                let started = Instant::now();
-                full_cycle(&engine, &format!("p2-{i}"), "tmux", spec).await?;
-                berth.push(started.elapsed().as_secs_f64());
-            } else {
-                let name = format!("raw-{i}");
-                let started = Instant::now();
-                tmux(&raw_sock, &["new-session", "-d", "-s", &name, "sleep 3600"]).await?;
-                tmux(&raw_sock, &["kill-session", "-t", &format!("={name}")]).await?;
-                raw.push(started.elapsed().as_secs_f64());
+        for k in 0..3 {
+            let started = Instant::now();
+            match (i + k) % 3 {
+                0 => {
+                    let spec = berth_core::model::WorkspaceSpec {
+                        command: vec!["sleep".into(), "3600".into()],
+                        ..Default::default()
+                    };
+                    full_cycle(&engine, &format!("p2-{i}"), "tmux", spec).await?;
+                    berth.push(started.elapsed().as_secs_f64());
+                }
+                1 => {
+                    let name = format!("raw-{i}");
+                    tmux(&raw_sock, &["new-session", "-d", "-s", &name, "sleep 3600"]).await?;
+                    tmux(&raw_sock, &["kill-session", "-t", &format!("={name}")]).await?;
+                    raw.push(started.elapsed().as_secs_f64());
+                }
+                _ => {
+                    control.graceful_cycle(&format!("floor-{i}")).await?;
+                    floor.push(started.elapsed().as_secs_f64());
+                }
             }
         }
     }
+    drop(control);
     engine.shutdown().await;
     let _ = tmux(runtime.socket(), &["kill-server"]).await;
     let _ = tmux(&raw_sock, &["kill-server"]).await;
     let _ = std::fs::remove_dir_all(&dir);
     // The slowest cycle too: a median hides a stop that takes its whole grace.
     let slowest = berth.iter().copied().fold(0.0, f64::max);
-    let (b, r) = (median(berth), median(raw));
+    let (b, r, f) = (median(berth), median(raw), median(floor));
     let ratio = b / r;
     let verdict = if ratio <= 0.6 {
         "pass"
@@ -478,13 +493,15 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
             slowest * 1e3
         ),
         baseline: format!(
-            "{:.2} ms/cycle (`tmux new-session -d` + `tmux kill-session`)",
-            r * 1e3
+            "{:.2} ms/cycle (`tmux new-session -d` + `tmux kill-session`); floor {:.2} ms = {:.2}× (one control-mode client: new-session, SIGTERM, wait for the exit, kill-session; nothing stored)",
+            r * 1e3,
+            f * 1e3,
+            f / r
         ),
         ratio: Some(ratio),
         target: "≤ 0.6×".into(),
         verdict: verdict.into(),
-        extra: json!({ "berth_ms": b * 1e3, "berth_slowest_ms": slowest * 1e3, "raw_cli_ms": r * 1e3, "cycles": cycles }),
+        extra: json!({ "berth_ms": b * 1e3, "berth_slowest_ms": slowest * 1e3, "raw_cli_ms": r * 1e3, "floor_ms": f * 1e3, "cycles": cycles }),
     })
 }
 

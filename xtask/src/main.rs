@@ -8,6 +8,8 @@ mod bench;
 mod bench_api;
 mod bench_pg;
 mod bench_pool;
+mod bench_sse;
+mod bench_tmux;
 mod chaos;
 mod fuzz;
 mod tidy;
@@ -28,6 +30,8 @@ fn main() -> Result<()> {
         Some("openapi") => openapi(&root, args.get(1).map(String::as_str) == Some("--check")),
         Some("test-image") => test_image(&root),
         Some("fuzz-api") => fuzz::run(&root),
+        // P7's baseline server, started by `bench`.
+        Some("sse-baseline") => bench_sse::serve(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci|tidy|bench|chaos|openapi [--check]|test-image|fuzz-api>\n  fuzz-api  schemathesis against a daemon from docs/openapi.json: no 5xx\n  chaos  the daemon under a random workload, killed and faulted, invariants checked (--rounds N --seed S --docker)\n  test-image  imports the busybox test image into the local Docker daemon (no registry)\n  openapi  writes docs/openapi.json from the code (--check: fails when it differs)\n  ci     fmt, clippy, tidy, tests, doctests (the README's test command)\n  tidy   architecture and hygiene checks\n  bench  benchmarks; writes BENCHMARKS.md and target/bench/results.json"
