@@ -65,20 +65,34 @@ impl Control {
             .context("the control client exited")
     }
 
-    /// Runs one command; its output lines. Notifications between blocks are skipped.
+    /// Runs one command; its output lines. Notifications between blocks are skipped, and
+    /// so are blocks not of this client's commands (flags other than 1: the attach
+    /// itself, commands the server runs on its own).
     pub(crate) async fn run(&mut self, command: &str) -> Result<Vec<String>> {
         self.send(command).await?;
-        while !self.line().await?.starts_with("%begin ") {}
-        let mut out = Vec::new();
         loop {
-            let line = self.line().await?;
-            if line.starts_with("%end ") {
+            let begin = self.line().await?;
+            if !begin.starts_with("%begin ") {
+                continue;
+            }
+            let ours = begin.rsplit(' ').next() == Some("1");
+            let mut out = Vec::new();
+            loop {
+                let line = self.line().await?;
+                if line.starts_with("%end ") {
+                    break;
+                }
+                if line.starts_with("%error ") {
+                    if ours {
+                        bail!("tmux {command}: {}", out.join("; "));
+                    }
+                    break;
+                }
+                out.push(line);
+            }
+            if ours {
                 return Ok(out);
             }
-            if line.starts_with("%error ") {
-                bail!("tmux {command}: {}", out.join("; "));
-            }
-            out.push(line);
         }
     }
 
