@@ -69,11 +69,14 @@ CREATE TEMP TRIGGER berth_create INSTEAD OF INSERT ON berth_write WHEN NEW.kind 
     INSERT INTO workspaces (id, created_seq, name, state, runtime, version, body)
         VALUES (NEW.k1, last_insert_rowid(), NEW.k2, NEW.k3, NEW.k4, NEW.k5, NEW.k6);
 END;
--- (id, name, state, version, body, expected version)
+-- (id, name, state, version, body, expected version). The name is set only when it
+-- changes: SQLite rewrites the entry of every index whose column an UPDATE sets, equal
+-- value or not, and the unique name index would cost a page per transition.
 CREATE TEMP TRIGGER berth_commit INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'commit' BEGIN
-    UPDATE workspaces SET name = NEW.k2, state = NEW.k3, version = NEW.k4, body = NEW.k5
+    UPDATE workspaces SET state = NEW.k3, version = NEW.k4, body = NEW.k5
         WHERE id = NEW.k1 AND version = NEW.k6;
     SELECT RAISE(ABORT, 'berth: check failed') WHERE changes() <> 1;
+    UPDATE workspaces SET name = NEW.k2 WHERE id = NEW.k1 AND name <> NEW.k2;
 END;
 -- (hash, workspace id, incarnation)
 CREATE TEMP TRIGGER berth_token INSTEAD OF INSERT ON berth_write WHEN NEW.kind = 'token' BEGIN
