@@ -397,6 +397,22 @@ async fn tmux(socket: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Kills the tmux servers at these sockets when dropped.
+struct KillServers(Vec<std::path::PathBuf>);
+
+impl Drop for KillServers {
+    fn drop(&mut self) {
+        for socket in &self.0 {
+            let _ = std::process::Command::new("tmux")
+                .arg("-S")
+                .arg(socket)
+                .arg("kill-server")
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// P2: a tmux workspace through berth (engine, SQLite store, tmux runtime):
 /// create+start then stop+delete, against `tmux new-session -d` + `tmux kill-session`
 /// by CLI, and beside them the floor of a graceful cycle (see
@@ -409,14 +425,16 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
     std::fs::create_dir_all(&dir)?;
     let cycles = if quick { 10 } else { 40 };
     let raw_sock = dir.join("raw.sock");
+    let data = dir.join("berth");
+    let runtime = Arc::new(TmuxRuntime::new(TmuxConfig::new(&data)));
+    // Both servers go, with whatever they run, however the case ends.
+    let _servers = KillServers(vec![raw_sock.clone(), runtime.socket().to_owned()]);
     tmux(
         &raw_sock,
         &["new-session", "-d", "-s", "keep", "sleep 3600"],
     )
     .await?;
 
-    let data = dir.join("berth");
-    let runtime = Arc::new(TmuxRuntime::new(TmuxConfig::new(&data)));
     let store = Arc::new(SqliteStore::open_in(&data, SqliteOptions::default()).await?);
     let config = EngineConfig {
         reconcile_period: None,
@@ -471,8 +489,7 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
     }
     drop(control);
     engine.shutdown().await;
-    let _ = tmux(runtime.socket(), &["kill-server"]).await;
-    let _ = tmux(&raw_sock, &["kill-server"]).await;
+    drop(_servers);
     let _ = std::fs::remove_dir_all(&dir);
     // The slowest cycle too: a median hides a stop that takes its whole grace.
     let slowest = berth.iter().copied().fold(0.0, f64::max);

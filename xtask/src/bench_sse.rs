@@ -46,10 +46,14 @@ async fn run(bytes: usize) -> Result<()> {
     let mut seq = 0u64;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (socket, _) = accepted?;
-                connections.spawn(connection(socket, events.subscribe()));
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    connections.spawn(connection(socket, events.subscribe()));
+                }
+                // A connection that failed before it was accepted (its subscriber
+                // then fails the run with a clear error); the server goes on.
+                Err(e) => eprintln!("sse-baseline: accept: {e}"),
+            },
             line = stdin.next_line() => match line? {
                 Some(_) => {
                     seq += 1;

@@ -1,7 +1,7 @@
 //! P2's floor: a tmux control-mode client (`tmux -C`), one process for every command,
 //! which is how berth's runtime talks to its server too. A graceful cycle through it
-//! is what any tmux-backed runtime must do at least: create the session, SIGTERM its
-//! process, wait for the exit, kill the session.
+//! is what any tmux-backed runtime must do at least: create the session (which answers
+//! its process's pid), SIGTERM that process, wait for the exit, kill the session.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -96,19 +96,20 @@ impl Control {
         }
     }
 
-    /// Creates session `name` running `sleep`, sends its process SIGTERM, waits until
-    /// it has exited (polling as berth's stop does), and kills the session.
+    /// Creates session `name` running `sleep` (one command that also answers its
+    /// pid), sends its process SIGTERM, waits until it has exited (polling as berth's
+    /// stop does), and kills the session.
     pub(crate) async fn graceful_cycle(&mut self, name: &str) -> Result<()> {
-        self.run(&format!("new-session -d -s {name} 'exec sleep 3600'"))
-            .await?;
         let out = self
-            .run(&format!("list-panes -t ={name}: -F '#{{pane_pid}}'"))
+            .run(&format!(
+                "new-session -d -P -F '#{{pane_pid}}' -s {name} 'exec sleep 3600'"
+            ))
             .await?;
         let pid: i32 = out
-            .first()
-            .with_context(|| format!("no pane: {out:?}"))?
-            .trim()
-            .parse()?;
+            .iter()
+            .find_map(|line| line.trim().parse().ok())
+            .with_context(|| format!("no pane pid in {out:?}"))?;
+        ensure!(pid > 1, "tmux answered pid {pid}");
         kill(Pid::from_raw(pid), Signal::SIGTERM)?;
         let mut pause = Duration::from_micros(250);
         let mut waited = Duration::ZERO;
@@ -126,10 +127,10 @@ impl Control {
     }
 }
 
-/// Whether `pid` exists and has not exited (a zombie has).
+/// Whether `pid` exists and has not exited (a zombie, or one being reaped, has).
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
     })
 }

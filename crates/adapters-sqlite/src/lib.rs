@@ -740,10 +740,11 @@ async fn apply(tx: &mut SqliteConnection, write: &Write<'_>) -> Result<Written, 
                 }));
             }
             // The name only when it changes (a pool member claimed): an UPDATE that sets
-            // a column rewrites its index entry, equal value or not. Fenced by the new
-            // version, so it does nothing when the first statement matched nothing.
+            // a column rewrites its index entry, equal value or not. First, and fenced
+            // by the expected version like the rest: a stale commit renames nothing, so
+            // it is `Conflict` whatever its name.
             let mut sql = String::from(
-                "UPDATE workspaces SET state = ?, version = ?, body = ? WHERE id = ? AND version = ? RETURNING version AS committed_version; UPDATE workspaces SET name = ? WHERE id = ? AND version = ? AND name <> ?;",
+                "UPDATE workspaces SET name = ? WHERE id = ? AND version = ? AND name <> ?; UPDATE workspaces SET state = ?, version = ?, body = ? WHERE id = ? AND version = ? RETURNING version AS committed_version;",
             );
             if commit.token.is_some() {
                 sql.push_str(UPSERT_TOKEN);
@@ -755,15 +756,15 @@ async fn apply(tx: &mut SqliteConnection, write: &Write<'_>) -> Result<Written, 
                 sql.push_str(APPEND_EVENT);
             }
             let mut q = sqlx::query(&sql)
+                .bind(ws.name.as_str())
+                .bind(ws.id.as_str())
+                .bind(i64_of(commit.expected_version))
+                .bind(ws.name.as_str())
                 .bind(ws.state.as_str())
                 .bind(i64_of(ws.version))
                 .bind(to_json(ws)?)
                 .bind(ws.id.as_str())
-                .bind(i64_of(commit.expected_version))
-                .bind(ws.name.as_str())
-                .bind(ws.id.as_str())
-                .bind(i64_of(ws.version))
-                .bind(ws.name.as_str());
+                .bind(i64_of(commit.expected_version));
             if let Some(hash) = &commit.token {
                 q = q
                     .bind(hash.to_hex())

@@ -919,6 +919,21 @@ async fn pools_and_their_members(s: Arc<dyn Store>) {
     let mut claimed = taken;
     claimed.name = name("mine");
     s.commit(&commit(claimed.clone())).await.expect("claim");
+    assert_eq!(
+        s.workspace(&first.id).await.expect("get"),
+        Some(claimed.clone())
+    );
+    // The same commit again is one version stale: `Conflict` (the caller reloads and
+    // retries), even with a name another workspace holds. The version is checked first.
+    let mut stale = claimed.clone();
+    stale.name = name("other");
+    assert!(
+        matches!(
+            s.commit(&commit(stale)).await,
+            Err(StoreError::Conflict { .. })
+        ),
+        "a stale commit MUST be Conflict, whatever its name"
+    );
     assert_eq!(s.workspace(&first.id).await.expect("get"), Some(claimed));
     assert_eq!(
         names(s.pool_members(Some(&name("py"))).await.expect("members")),
