@@ -428,7 +428,7 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
     let data = dir.join("berth");
     let runtime = Arc::new(TmuxRuntime::new(TmuxConfig::new(&data)));
     // Both servers go, with whatever they run, however the case ends.
-    let _servers = KillServers(vec![raw_sock.clone(), runtime.socket().to_owned()]);
+    let servers = KillServers(vec![raw_sock.clone(), runtime.socket().to_owned()]);
     tmux(
         &raw_sock,
         &["new-session", "-d", "-s", "keep", "sleep 3600"],
@@ -489,7 +489,7 @@ async fn p2(root: &Path, quick: bool) -> Result<Row> {
     }
     drop(control);
     engine.shutdown().await;
-    drop(_servers);
+    drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
     // The slowest cycle too: a median hides a stop that takes its whole grace.
     let slowest = berth.iter().copied().fold(0.0, f64::max);

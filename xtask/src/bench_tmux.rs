@@ -1,4 +1,4 @@
-//! P2's floor: a tmux control-mode client (`tmux -C`), one process for every command,
+//! P2's floor: a tmux control-mode client (`tmux -C`), one process for all commands,
 //! which is how berth's runtime talks to its server too. A graceful cycle through it
 //! is what any tmux-backed runtime must do at least: create the session (which answers
 //! its process's pid), SIGTERM that process, wait for the exit, kill the session.
